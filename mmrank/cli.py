@@ -1,0 +1,242 @@
+"""The ``mmrank`` command line: index, search, info, eval, demo.
+
+Only typer is imported at start-up; every command imports what it needs, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mmrank.errors import MMRankError
+
+app = typer.Typer(
+    name="mmrank",
+    help="Multimodal retrieval and reranking: index images and PDF pages, then search them with "
+         "text, an image, or both.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DeviceOption = Annotated[str, typer.Option(help="Where models run: auto (a GPU if present), cpu, cuda, cuda:1 ...")]
+
+
+@app.command()
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Image files, PDF files, or folders to index (recursively).",
+                                                show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Collection folder to create or add to.")],
+    text_model: Annotated[Optional[str], typer.Option(
+        help="sentence-transformers model name or local folder for page text "
+             "[default: the collection's, else all-MiniLM-L6-v2]")] = None,
+    image_model: Annotated[Optional[str], typer.Option(
+        help="open_clip model, passed unchanged: a built-in name (with --image-pretrained), "
+             "hf-hub:org/repo or local-dir:/path [default: the collection's, else ViT-B-32, "
+             "loaded only when images need it]")] = None,
+    image_pretrained: Annotated[Optional[str], typer.Option(
+        help="open_clip pretrained tag for a built-in model name [default: laion2b_s34b_b79k for ViT-B-32]")] = None,
+    pages_as_images: Annotated[bool, typer.Option(
+        help="Also embed every PDF page's picture with the image model (text-less pages always are).")] = False,
+    dpi: Annotated[int, typer.Option(help="Resolution at which PDF pages are rendered for the image model.")] = 144,
+    index_factory: Annotated[Optional[str], typer.Option(
+        help="FAISS index type: Flat (exact), IVF4096,Flat, HNSW32, IVF4096,PQ64 ... [default: Flat]")] = None,
+    batch_size: Annotated[int, typer.Option(help="Items encoded per batch (and stored per transaction).")] = 32,
+    device: DeviceOption = "auto",
+    strict: Annotated[bool, typer.Option(help="Exit with an error if any file or page is skipped.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Build or update a collection from images and PDFs.
+
+    Re-running the same command resumes an interrupted build: unchanged files are skipped and
+    changed files replace their items. Bad files are reported and skipped.
+    """
+    from mmrank.collection import Collection
+    from mmrank.encoders import load_encoder_by_name, load_image_encoder, load_text_encoder
+    from mmrank.indexing import ItemEncoder, index_paths
+    from mmrank.ingest import require_existing
+
+    require_existing(paths)  # before anything is created
+    collection = Collection.open_or_create(out, index_factory=index_factory, device=device)
+    spaces = collection.spaces
+    if text_model is None and "text" in spaces:
+        text_encoder = load_encoder_by_name(spaces["text"].encoder, device=device)
+    else:
+        text_encoder = load_text_encoder(text_model, device=device)
+
+    def image_encoder():
+        if image_model is None and "image" in spaces:
+            return load_encoder_by_name(spaces["image"].encoder, device=device, progress=False)
+        tag = {} if image_pretrained is None else {"pretrained": image_pretrained}
+        return load_image_encoder(image_model, device=device, **tag)
+
+    encoder = ItemEncoder(text_encoder, image_encoder, pages_as_images=pages_as_images, dpi=dpi)
+    report = index_paths(collection, paths, encoder, batch_size=batch_size, progress=not quiet)
+    info = collection.info()
+    typer.echo(
+        f"Indexed {report.added_files} new and {report.replaced_files} changed files "
+        f"({report.items_added} items) in {report.seconds:.1f} s; {report.unchanged_files} unchanged. "
+        f"{out} now holds {info['items']} items."
+    )
+    for warning in report.warnings:
+        typer.echo(f"warning {warning.path}: {warning.reason}", err=True)
+    for skipped in report.skipped:
+        typer.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
+    if not report.indexed_anything:
+        _fail("nothing could be indexed.")
+    if strict and report.skipped:
+        _fail(f"{len(report.skipped)} files or pages were skipped (--strict).")
+
+
+@app.command()
+def search(
+    collection_path: Annotated[Path, typer.Argument(metavar="COLLECTION", help="A collection folder.")],
+    text: Annotated[Optional[str], typer.Argument(help="The question or description to search for.")] = None,
+    image: Annotated[Optional[Path], typer.Option(
+        help="A query image; with TEXT, a composed query (this picture, changed as the text says).")] = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", help="How many results.")] = 10,
+    pipeline: Annotated[Optional[str], typer.Option(
+        help="Pipeline YAML file, or the name of a bundled one (e.g. docqa-text).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of hits.")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="Also write an HTML page of the results.")] = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Search a collection with text, an image, or both."""
+    from mmrank.collection import Collection
+    from mmrank.errors import InputError
+    from mmrank.pipeline import Pipeline
+    from mmrank.types import Query
+
+    if image is not None and not image.is_file():
+        raise InputError(f"{image}: no such image file.")
+    query = Query(text=text, image=image)
+    collection = Collection.open(collection_path, device=device)
+    runner = Pipeline.from_yaml(pipeline, collection) if pipeline else Pipeline(collection)
+    ranking = runner.search(query, k)
+    if as_json:
+        typer.echo(json.dumps(ranking.to_dicts(), indent=2))
+    else:
+        typer.echo(_results_table(ranking))
+    if report is not None:
+        from mmrank.report import write_html_report
+
+        write_html_report([ranking], report, title=f"mmrank: {query.search_text or image}")
+        typer.echo(f"Report written to {report}", err=as_json)
+
+
+@app.command()
+def info(
+    collection_path: Annotated[Path, typer.Argument(metavar="COLLECTION", help="A collection folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show what a collection holds: items, encoders, dimensions, index type."""
+    from mmrank.collection import Collection
+
+    with Collection.open(collection_path) as collection:
+        details = collection.info()
+    if as_json:
+        typer.echo(json.dumps(details, indent=2))
+        return
+    kinds = ", ".join(f"{n} {kind}s" for kind, n in sorted(details["items_by_kind"].items())) or "none"
+    lines = [
+        f"collection  {details['path']}",
+        f"items       {details['items']} ({kinds}); {details['with_text']} with text; from {details['files']} files",
+        f"index       {details['index']}",
+    ]
+    for name, space in details["spaces"].items():
+        lines.append(f"{name + ' vectors':<12}{space['vectors']} x {space['dim']} by {space['encoder']}")
+    lines.append(f"updated     {details['updated']}")
+    typer.echo("\n".join(lines))
+
+
+@app.command(name="eval")
+def evaluate(
+    dataset_root: Annotated[Path, typer.Argument(metavar="DATASET", help="The dataset's folder.")],
+    dataset_format: Annotated[str, typer.Option("--format", help="Dataset layout.")] = "beir",
+    split: Annotated[str, typer.Option(help="Which split's judgements to use.")] = "test",
+    pipeline: Annotated[str, typer.Option(help="Pipeline YAML file or bundled name.")] = "docqa-text",
+    collection_path: Annotated[Optional[Path], typer.Option(
+        "--collection", help="Keep the encoded corpus in this collection folder (reused next time) "
+                             "[default: a temporary folder]")] = None,
+    text_model: Annotated[Optional[str], typer.Option(help="Text model [default: all-MiniLM-L6-v2].")] = None,
+    metrics: Annotated[str, typer.Option(help="Comma-separated metrics.")] =
+        "recall@1,recall@5,recall@10,map@10,ndcg@10,mrr",
+    k: Annotated[int, typer.Option("-k", help="Depth of the rankings that are scored.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    device: DeviceOption = "auto",
+) -> None:
+    """Evaluate a pipeline on a dataset: metrics and latency after every stage."""
+    import tempfile
+
+    from mmrank.collection import Collection
+    from mmrank.datasets import load_dataset
+    from mmrank.encoders import load_text_encoder
+    from mmrank.evaluation import add_dataset_items, evaluate as run_evaluation
+    from mmrank.indexing import ItemEncoder
+    from mmrank.pipeline import Pipeline
+
+    dataset = load_dataset(dataset_format, dataset_root, split=split)
+    wanted = [m.strip() for m in metrics.split(",") if m.strip()]
+    with tempfile.TemporaryDirectory(prefix="mmrank-eval-") as scratch:
+        folder = collection_path or Path(scratch) / "collection"
+        with Collection.open_or_create(folder, device=device) as collection:
+            add_dataset_items(collection, dataset, ItemEncoder(load_text_encoder(text_model, device=device)),
+                              progress=not as_json)
+            runner = Pipeline.from_yaml(pipeline, collection)
+            stages = run_evaluation(runner, dataset, wanted, k=k, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps({"dataset": dataset.name, "split": split, "queries": len(dataset.queries),
+                               "stages": [s.__dict__ for s in stages]}, indent=2))
+        return
+    typer.echo(f"{dataset.name} ({split}): {len(dataset.queries)} queries, {len(dataset.items)} items")
+    headers = ["stage", *wanted, "ms/query"]
+    rows = [[s.stage, *(f"{s.metrics[m]:.4f}" for m in wanted), f"{s.latency_ms:.1f}"] for s in stages]
+    typer.echo(format_table(headers, rows))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the demo writes its collection and report.")] =
+        Path("demo-output"),
+) -> None:
+    """Run the offline demo on the bundled sample PDFs.
+
+    Indexes the PDFs with the text fallback (the offline all-MiniLM-L6-v2 model and BM25), answers
+    sample questions, prints the results and writes an HTML page of the top pages.
+    """
+    from mmrank.demo import run_demo
+
+    run_demo(out, echo=typer.echo)
+
+
+def _results_table(ranking) -> str:
+    rows = [[str(rank), f"{hit.score:.4f}", Path(hit.item.source).name if hit.item.source else hit.item.id,
+             str(hit.item.page or ""), "+".join(hit.found_by)]
+            for rank, hit in enumerate(ranking.hits, start=1)]
+    return format_table(["rank", "score", "source", "page", "found by"], rows)
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain, aligned text table."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
+             for line in [headers, ["-" * w for w in widths], *rows]]
+    return "\n".join(lines)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code=1)
+
+
+def main() -> None:
+    """Console entry point: mmrank's own errors become one clear line and exit status 2."""
+    try:
+        app()
+    except MMRankError as error:
+        typer.echo(f"Error: {error}", err=True)
+        sys.exit(2)

@@ -1,0 +1,85 @@
+"""PDF files as pages (pymupdf): the text layer of every page, and page images rendered on demand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mmrank.errors import InputError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+DEFAULT_DPI = 144
+
+
+@dataclass(frozen=True)
+class PdfPage:
+    """One page's text layer; ``number`` is 1-based."""
+
+    number: int
+    text: str
+
+
+def _open_pdf(path: Path):
+    import pymupdf
+
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes).")
+    try:
+        document = pymupdf.open(path, filetype="pdf")
+    except Exception as error:  # pymupdf raises several types for unreadable files
+        raise InputError(f"{path}: not a readable PDF ({error}).") from error
+    if document.needs_pass:
+        document.close()
+        raise InputError(f"{path}: encrypted PDF; a password is required to read it.")
+    if document.page_count == 0:
+        document.close()
+        raise InputError(f"{path}: the PDF has no pages (truncated or damaged file).")
+    return document
+
+
+@dataclass(frozen=True)
+class PdfText:
+    """The pages of a PDF; ``repaired`` is True when the file was damaged (e.g. truncated) and
+    pymupdf had to repair it to open it, so later pages may be empty or missing."""
+
+    pages: list[PdfPage]
+    repaired: bool
+
+
+def read_pdf(path: str | Path) -> PdfText:
+    """The text layer of every page, in order. A file that cannot be opened, or a page that
+    cannot be read, raises InputError naming the file and the reason."""
+    import pymupdf
+
+    path = Path(path)
+    document = _open_pdf(path)
+    flags = pymupdf.TEXTFLAGS_TEXT & ~pymupdf.TEXT_PRESERVE_LIGATURES  # "ﬁ" -> "fi", so words match
+    pages = []
+    try:
+        for index in range(document.page_count):
+            try:
+                text = document.load_page(index).get_text("text", flags=flags)
+            except Exception as error:
+                raise InputError(f"{path}: page {index + 1} cannot be read ({error}).") from error
+            pages.append(PdfPage(number=index + 1, text=text.strip()))
+        return PdfText(pages=pages, repaired=bool(document.is_repaired))
+    finally:
+        document.close()
+
+
+def render_page(path: str | Path, page: int, dpi: int = DEFAULT_DPI) -> Image.Image:
+    """Render a 1-based ``page`` of a PDF as an RGB PIL image at ``dpi`` dots per inch."""
+    from PIL import Image
+
+    path = Path(path)
+    document = _open_pdf(path)
+    try:
+        if not 1 <= page <= document.page_count:
+            raise InputError(f"{path}: page {page} does not exist (the PDF has {document.page_count}).")
+        pixmap = document.load_page(page - 1).get_pixmap(dpi=dpi, alpha=False)
+        return Image.frombytes("RGB", (pixmap.width, pixmap.height), pixmap.samples)
+    finally:
+        document.close()

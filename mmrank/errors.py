@@ -1,0 +1,27 @@
+"""Errors raised by mmrank: one base class, a few precise subclasses."""
+
+from __future__ import annotations
+
+
+class MMRankError(Exception):
+    """Base class of every error mmrank raises on purpose."""
+
+
+class InputError(MMRankError, ValueError):
+    """Bad input from the user: a missing path, an empty query, a malformed file."""
+
+
+class CollectionError(MMRankError):
+    """A collection folder that is missing, not a collection, corrupted, or used inconsistently."""
+
+
+class EncoderMismatchError(CollectionError):
+    """A query encoded by a different model than the one the collection was built with."""
+
+
+class ModelUnavailableError(MMRankError):
+    """A model that cannot be loaded: not downloaded, offline, or of the wrong kind."""
+
+
+class MissingDependencyError(MMRankError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""

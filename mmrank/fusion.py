@@ -1,0 +1,63 @@
+"""Fusing result lists (reciprocal-rank or score fusion) and fusing query vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from mmrank.encoders.base import l2_normalize
+from mmrank.errors import InputError
+
+ResultList = Sequence[tuple[str, float]]
+FUSION_METHODS = ("rrf", "score")
+
+
+def reciprocal_rank_fusion(
+    results: Mapping[str, ResultList], weights: Mapping[str, float] | None = None, k: int = 60
+) -> list[tuple[str, float]]:
+    """RRF (Cormack et al., 2009): ``score(d) = sum_p w_p / (k + rank_p(d))`` with 1-based ranks.
+    Ties keep the order in which items were first seen, path by path."""
+    fused: dict[str, float] = {}
+    for path, hits in results.items():
+        weight = 1.0 if weights is None else weights.get(path, 1.0)
+        for rank, (item_id, _) in enumerate(hits, start=1):
+            fused[item_id] = fused.get(item_id, 0.0) + weight / (k + rank)
+    return sorted(fused.items(), key=lambda pair: -pair[1])
+
+
+def score_fusion(
+    results: Mapping[str, ResultList], weights: Mapping[str, float] | None = None
+) -> list[tuple[str, float]]:
+    """Weighted sum of min-max normalised scores per path (an item a path did not return adds 0),
+    so BM25's unbounded scores and cosine similarities can be mixed."""
+    fused: dict[str, float] = {}
+    for path, hits in results.items():
+        if not hits:
+            continue
+        weight = 1.0 if weights is None else weights.get(path, 1.0)
+        scores = np.array([score for _, score in hits], dtype=np.float64)
+        low, span = scores.min(), scores.max() - scores.min()
+        normalised = np.ones_like(scores) if span == 0 else (scores - low) / span
+        for (item_id, _), value in zip(hits, normalised):
+            fused[item_id] = fused.get(item_id, 0.0) + weight * float(value)
+    return sorted(fused.items(), key=lambda pair: -pair[1])
+
+
+def fuse_results(
+    results: Mapping[str, ResultList], method: str = "rrf", weights: Mapping[str, float] | None = None,
+    rrf_k: int = 60,
+) -> list[tuple[str, float]]:
+    """Fuse several best-first result lists into one with the named method ("rrf" or "score")."""
+    if method == "rrf":
+        return reciprocal_rank_fusion(results, weights, rrf_k)
+    if method == "score":
+        return score_fusion(results, weights)
+    raise InputError(f"Unknown fusion method '{method}'; choose one of {', '.join(FUSION_METHODS)}.")
+
+
+def compose_query_vector(image_vector: np.ndarray, text_vector: np.ndarray, alpha: float = 0.8) -> np.ndarray:
+    """Composed query: ``normalise((1 - alpha) * image + alpha * text)`` on unit-norm inputs."""
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha must lie in [0, 1], got {alpha}.")
+    return l2_normalize((1.0 - alpha) * l2_normalize(image_vector) + alpha * l2_normalize(text_vector))

@@ -1,0 +1,81 @@
+"""BM25 over item texts (bm25s), saved without pickles: bm25s's JSON + .npy files and an id list."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mmrank.errors import CollectionError
+
+_IDS_FILE = "ids.json"
+
+
+def _tokenize(texts: Sequence[str]) -> list[list[str]]:
+    import bm25s
+
+    return bm25s.tokenize(list(texts), stopwords="en", return_ids=False, show_progress=False)
+
+
+class BM25Index:
+    """A BM25 index whose results are item ids."""
+
+    def __init__(self, ids: list[str], retriever) -> None:
+        self._ids = np.asarray(ids, dtype=object)
+        self._retriever = retriever
+
+    @classmethod
+    def build(cls, ids: Sequence[str], texts: Sequence[str]) -> BM25Index:
+        import bm25s
+
+        retriever = bm25s.BM25()
+        retriever.index(_tokenize(texts), show_progress=False)
+        return cls(list(ids), retriever)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+        """The best ``k`` items of each query, best first; items sharing no term are left out."""
+        if not len(self._ids) or k <= 0:
+            return [[] for _ in queries]
+        tokens = _tokenize(queries)
+        results = []
+        for query_tokens in tokens:
+            if not query_tokens:
+                results.append([])
+                continue
+            rows, scores = self._retriever.retrieve(
+                [query_tokens], k=min(k, len(self._ids)), show_progress=False, n_threads=1)
+            keep = scores[0] > 0
+            results.append(list(zip(self._ids[rows[0][keep]].tolist(), scores[0][keep].astype(float).tolist())))
+        return results
+
+    def save(self, folder: Path) -> None:
+        """Write the index into a new ``folder`` atomically (aside, then renamed)."""
+        temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+        try:
+            self._retriever.save(str(temporary))
+            (temporary / _IDS_FILE).write_text(json.dumps(self._ids.tolist()), encoding="utf-8")
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(temporary, folder)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, folder: Path) -> BM25Index:
+        import bm25s
+
+        try:
+            ids = json.loads((folder / _IDS_FILE).read_text(encoding="utf-8"))
+            retriever = bm25s.BM25.load(str(folder), allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise CollectionError(f"{folder}: BM25 index missing or damaged ({error}).") from error
+        return cls(ids, retriever)

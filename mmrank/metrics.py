@@ -1,0 +1,156 @@
+"""Retrieval metrics over rankings of item ids and graded relevance judgements.
+
+Conventions shared by every function here:
+
+- ``ranked`` is a sequence of item ids, best first. Repeated ids are ignored after their first
+  occurrence (the duplicate is dropped *before* cutting at ``k``), so an item can never be
+  counted twice.
+- ``relevance`` maps item id -> graded relevance; a grade > 0 means relevant, a grade <= 0 (or an
+  id that is absent) means not relevant. Non-positive grades contribute no gain to nDCG.
+- ``k`` must be a positive integer; a ``k`` larger than the ranking simply uses the whole ranking.
+- A single-query metric called with no relevant item raises :class:`InputError` (the value would
+  be undefined); :func:`evaluate_rankings` skips such queries instead and reports how many it
+  evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+from mmrank.errors import InputError
+
+Relevance = Mapping[str, int]
+
+DEFAULT_METRICS = ("recall@1", "recall@5", "recall@10", "map@10", "ndcg@10", "mrr")
+
+
+def _check_k(k: int | None, name: str = "k") -> None:
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise InputError(f"{name} must be a positive integer, got {k!r}.")
+
+
+def _top_k(ranked: Sequence[str], k: int | None) -> list[str]:
+    """The first ``k`` distinct ids of ``ranked`` (all of them when ``k`` is None)."""
+    _check_k(k)
+    return list(dict.fromkeys(ranked))[:k]
+
+
+def _relevant_ids(relevance: Relevance) -> set[str]:
+    relevant = {item_id for item_id, grade in relevance.items() if grade > 0}
+    if not relevant:
+        raise InputError(
+            "No relevant item (grade > 0) among the judgements: the metric is undefined."
+        )
+    return relevant
+
+
+def recall_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
+    """Recall@k = |relevant ∩ top-k| / |relevant|."""
+    relevant = _relevant_ids(relevance)
+    return sum(item_id in relevant for item_id in _top_k(ranked, k)) / len(relevant)
+
+
+def hit_rate_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
+    """Hit@k = 1.0 if any relevant item is in the top k, else 0.0."""
+    relevant = _relevant_ids(relevance)
+    return float(any(item_id in relevant for item_id in _top_k(ranked, k)))
+
+
+def average_precision_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
+    """AP@k = (sum of precision@i over the ranks i <= k that hold a relevant item)
+    / min(|relevant|, k).
+
+    This is the CIRCO normalisation; trec_eval's ``map_cut`` divides by |relevant| instead, which
+    differs only when there are more relevant items than ``k``.
+    """
+    relevant = _relevant_ids(relevance)
+    hits = 0
+    total = 0.0
+    for rank, item_id in enumerate(_top_k(ranked, k), start=1):
+        if item_id in relevant:
+            hits += 1
+            total += hits / rank
+    return total / min(len(relevant), k)
+
+
+def ndcg_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
+    """nDCG@k = DCG@k / IDCG@k with DCG@k = sum_{i=1..k} rel_i / log2(i + 1).
+
+    ``rel_i`` is the grade of the item at rank i (0 when unjudged or <= 0): the linear gain of
+    trec_eval and BEIR. IDCG@k is the DCG@k of the judged grades sorted in decreasing order.
+    """
+    _relevant_ids(relevance)
+    gains = [max(relevance.get(item_id, 0), 0) for item_id in _top_k(ranked, k)]
+    ideal = sorted((grade for grade in relevance.values() if grade > 0), reverse=True)[:k]
+    return _dcg(gains) / _dcg(ideal)
+
+
+def _dcg(gains: Sequence[int]) -> float:
+    return sum(gain / math.log2(rank + 1) for rank, gain in enumerate(gains, start=1))
+
+
+def reciprocal_rank(ranked: Sequence[str], relevance: Relevance, k: int | None = None) -> float:
+    """RR@k = 1 / (rank of the first relevant item), or 0.0 if none is in the top k.
+
+    ``k=None`` looks at the whole ranking (plain reciprocal rank).
+    """
+    relevant = _relevant_ids(relevance)
+    for rank, item_id in enumerate(_top_k(ranked, k), start=1):
+        if item_id in relevant:
+            return 1.0 / rank
+    return 0.0
+
+
+QueryMetric = Callable[[Sequence[str], Relevance], float]
+
+_METRIC_FUNCTIONS: dict[str, Callable[..., float]] = {
+    "recall": recall_at_k,
+    "hit": hit_rate_at_k,
+    "map": average_precision_at_k,
+    "ndcg": ndcg_at_k,
+    "mrr": reciprocal_rank,
+}
+_METRIC_NAME = re.compile(r"^(?P<base>[a-z]+)(?:@(?P<k>\d+))?$")
+
+
+def parse_metric(name: str) -> QueryMetric:
+    """Turn a name such as ``recall@10``, ``hit@1``, ``map@5``, ``ndcg@10``, ``mrr`` or ``mrr@10``
+    into a per-query function ``(ranked, relevance) -> float``."""
+    known = "recall@k, hit@k, map@k, ndcg@k, mrr, mrr@k"
+    match = _METRIC_NAME.match(name.strip().lower())
+    if match is None or match["base"] not in _METRIC_FUNCTIONS:
+        raise InputError(f"Unknown metric {name!r}: expected one of {known}.")
+    base, k = match["base"], match["k"]
+    if k is None and base != "mrr":
+        raise InputError(f"Metric {name!r} needs a cutoff, e.g. {base}@10 (known: {known}).")
+    cutoff = None if k is None else int(k)
+    _check_k(cutoff, name=f"The cutoff in {name!r}")
+    function = _METRIC_FUNCTIONS[base]
+    return lambda ranked, relevance: function(ranked, relevance, cutoff)
+
+
+def evaluate_rankings(
+    rankings: Mapping[str, Sequence[str]],
+    qrels: Mapping[str, Relevance],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+) -> dict[str, float]:
+    """Mean of each metric over the queries of ``qrels`` that have at least one relevant item.
+
+    A judged query missing from ``rankings`` counts as an empty ranking (it scores 0); rankings
+    for queries absent from ``qrels`` are ignored. Keys are the metric names as given, plus
+    ``"queries"``: the number of queries averaged over.
+    """
+    functions = {name: parse_metric(name) for name in metrics}
+    judged = {qid: rel for qid, rel in qrels.items() if any(grade > 0 for grade in rel.values())}
+    if not judged:
+        raise InputError(
+            "No query in the qrels has a relevant item (grade > 0): nothing to evaluate."
+        )
+    results: dict[str, float] = {}
+    for name, function in functions.items():
+        scores = [function(rankings.get(qid, ()), rel) for qid, rel in judged.items()]
+        results[name] = sum(scores) / len(scores)
+    results["queries"] = len(judged)
+    return results
