@@ -11,9 +11,13 @@ On disk a saved index is a folder::
                                  the FAISS file's name and SHA-256, and the string id of every label
       index-<16 hex>.faiss       the index in FAISS's own format (faiss.write_index), always a CPU index
 
-The FAISS file is named after its content, so a save never overwrites the file the current manifest
+The FAISS file is named after its content, so a save never changes the file the current manifest
 points to; replacing ``index.json`` is the single atomic step that switches to the new state, after
-which the old FAISS file is deleted.
+which the old FAISS file is deleted. Loading checks the checksum and that the file's vector count
+and labels agree with the manifest.
+
+Labels are sequential int64 numbers, never reused. IVF indexes store them natively; every other
+index type is wrapped in ``IndexIDMap2`` (an IDMap around IVF would mislabel hits after a removal).
 """
 
 from __future__ import annotations
@@ -306,8 +310,9 @@ class _TorchStore:
     def add_from(self, index: Any) -> None:
         """Take the vectors and labels of a FAISS ``IDMap,Flat`` index."""
         faiss = _import_faiss()
-        flat = faiss.downcast_index(faiss.downcast_index(index).index)
-        self.add(flat.reconstruct_n(0, flat.ntotal), faiss.vector_to_array(index.id_map))
+        id_map = faiss.downcast_index(index)
+        flat = faiss.downcast_index(id_map.index)
+        self.add(flat.reconstruct_n(0, flat.ntotal), faiss.vector_to_array(id_map.id_map))
 
 
 class VectorIndex:
@@ -402,15 +407,15 @@ class VectorIndex:
     def __len__(self) -> int:
         return len(self._id_to_label)
 
-    def __contains__(self, id: object) -> bool:
-        return id in self._id_to_label
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._id_to_label
 
     def __repr__(self) -> str:
         return f"VectorIndex(dim={self.dim}, factory={self.factory!r}, backend={self.backend!r}, size={len(self)})"
 
     @property
     def is_trained(self) -> bool:
-        """Whether vectors can be added (always true for Flat and HNSW, which learn nothing)."""
+        """Whether vectors can be added (Flat and plain HNSW learn nothing, so they always can)."""
         return self._store.is_trained
 
     @property
@@ -438,19 +443,21 @@ class VectorIndex:
             raise InputError(applies + ".")
         try:
             self._store.set_parameter(name, value)
-        except RuntimeError as exc:
-            raise InputError(f"{applies} ({exc}).") from exc
+        except RuntimeError as exc:  # FAISS's own message only names its source line
+            raise InputError(applies + ".") from exc
         return value
 
     # ------------------------------------------------------------------------------------ building
 
     def train(self, vectors: np.ndarray) -> None:
-        """Learn the index's quantizers (IVF, PQ) from a sample; does nothing for Flat and HNSW."""
+        """Learn the index's quantizers (IVF, PQ) from a sample; does nothing for Flat and plain HNSW."""
         vectors = self._check_vectors(vectors, "vectors")
         if not self._needs_training:
             return
         if self.is_trained:
-            raise MMRankError(f"This {self.factory!r} index is already trained; build a new VectorIndex to retrain.")
+            raise MMRankError(
+                f"This {self.factory!r} index is already trained; build a new VectorIndex to retrain."
+            )
         if len(vectors) < self._min_training:
             raise InputError(
                 f"Training a {self.factory!r} index needs at least {self._min_training} vectors; "
@@ -462,7 +469,9 @@ class VectorIndex:
         try:
             self._store.train(vectors)
         except RuntimeError as exc:
-            raise InputError(f"FAISS could not train the {self.factory!r} index on {len(vectors)} vectors: {exc}") from exc
+            raise InputError(
+                f"FAISS could not train the {self.factory!r} index on {len(vectors)} vectors: {exc}"
+            ) from exc
 
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Add one vector per id. Ids must be new strings; an untrained index trains on this batch."""
@@ -522,8 +531,8 @@ class VectorIndex:
         if not len(labels):
             return 0
         removed = self._store.remove(labels)
-        for id_ in self._label_ids[labels]:
-            del self._id_to_label[id_]
+        for item_id in self._label_ids[labels]:
+            del self._id_to_label[item_id]
         self._label_ids[labels] = None
         return removed
 
@@ -581,7 +590,9 @@ class VectorIndex:
         faiss = _import_faiss()
         folder = Path(path)
         if folder.exists() and not folder.is_dir():
-            raise CollectionError(f"Cannot save the index to {folder}: it is a file, and a saved index is a folder.")
+            raise CollectionError(
+                f"Cannot save the index to {folder}: it is a file, and a saved index is a folder."
+            )
         folder.mkdir(parents=True, exist_ok=True)
         manifest_path = folder / MANIFEST_NAME
         previous = _referenced_file(manifest_path)
@@ -655,16 +666,18 @@ class VectorIndex:
             raise CollectionError(f"FAISS cannot read {index_path}: {exc}") from exc
         ids = manifest["ids"]
         _check_agreement(cpu_index, manifest, index_path)
-        self = cls.__new__(cls)
-        self._setup(manifest["dim"], manifest["factory"], cpu_index, device, backend, dtype, chunk_size, query_batch_size)
-        self._label_ids = np.array([*ids, None], dtype=object)
-        self._id_to_label = {id_: label for label, id_ in enumerate(ids) if id_ is not None}
-        self._next_label = len(ids)
+        loaded = cls.__new__(cls)
+        loaded._setup(
+            manifest["dim"], manifest["factory"], cpu_index, device, backend, dtype, chunk_size, query_batch_size
+        )
+        loaded._label_ids = np.array([*ids, None], dtype=object)
+        loaded._id_to_label = {item_id: label for label, item_id in enumerate(ids) if item_id is not None}
+        loaded._next_label = len(ids)
         if manifest["nprobe"] is not None:
-            self.nprobe = manifest["nprobe"]
+            loaded.nprobe = manifest["nprobe"]
         if manifest["ef_search"] is not None:
-            self.ef_search = manifest["ef_search"]
-        return self
+            loaded.ef_search = manifest["ef_search"]
+        return loaded
 
 
 def _read_manifest(folder: Path, manifest_path: Path) -> dict[str, Any]:

@@ -164,3 +164,13 @@ def test_sigkilled_index_resumes_to_the_same_collection(tmp_path, tiny_clip_dir)
     assert len(ids) == len(set(ids)) == 150 and vectors == 150
     info = json.loads((tmp_path / "c" / MANIFEST).read_text())
     assert info["counts"]["items"] == 150 and info["counts"]["vectors"] == {"image": 150}
+
+
+def test_images_without_a_cached_default_model_get_one_clear_error(tmp_path, run_cli, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-hf-home" / "hub"))
+    make_image(tmp_path / "in" / "a.png")
+    code, _, err = run_cli("index", tmp_path / "in", "--out", tmp_path / "c", "--quiet")
+    assert code == 2
+    message = err.splitlines()[-1]
+    assert message.startswith("Error: ") and "ViT-B-32" in message and "local-dir:" in message

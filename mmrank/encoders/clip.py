@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import difflib
+import logging
+from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,17 +106,20 @@ class OpenClipEncoder:
 
         self._check_available(open_clip)
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                self.model_name,
-                pretrained=self.pretrained,
-                precision=_PRECISIONS[self.dtype],
-                device=self.device,
-                # open_clip silently falls back to random weights when a hub/local checkpoint is
-                # missing; refuse that unless the caller asked for random weights (no tag).
-                require_pretrained=self.pretrained is not None or _schema(self.model_name) is not None,
-            )
+            with _root_logger_silenced():  # open_clip logs each failure to the root logger too
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    self.model_name,
+                    pretrained=self.pretrained,
+                    precision=_PRECISIONS[self.dtype],
+                    device=self.device,
+                    # open_clip silently falls back to random weights when a hub/local checkpoint is
+                    # missing; refuse that unless the caller asked for random weights (no tag).
+                    require_pretrained=self.pretrained is not None or _schema(self.model_name) is not None,
+                )
             tokenizer = open_clip.get_tokenizer(self.model_name)
         except (OSError, RuntimeError, ValueError) as exc:
+            if "download" in str(exc).lower():
+                raise self._unavailable("its weights are not in the cache and could not be downloaded") from exc
             raise self._unavailable(f"loading failed: {str(exc).rstrip('.')}") from exc
         model.eval()
         return model, preprocess, tokenizer
@@ -167,8 +172,9 @@ class OpenClipEncoder:
             how = (
                 "load it once on a machine with network access (that fills the Hugging Face cache; "
                 "copy the cache over and set HF_HUB_OFFLINE=1), then 'hf-hub:org/repo' and built-in "
-                "names load from the cache; or pass model='local-dir:/path/to/folder' for a folder "
-                "containing open_clip_config.json and the weights (e.g. open_clip_model.safetensors)"
+                "names load from the cache; or point at a local copy with 'local-dir:/path/to/folder' "
+                "(command line: --image-model local-dir:/path/to/folder), a folder containing "
+                "open_clip_config.json and the weights (e.g. open_clip_model.safetensors)"
             )
         return ModelUnavailableError(
             f"open_clip model {self.model_name!r}{tag} is not available: {reason}. "
@@ -223,6 +229,17 @@ class OpenClipEncoder:
                 parts.append(embed(batch))
                 bar.update(len(batch))
         return l2_normalize(np.concatenate(parts))
+
+
+@contextmanager
+def _root_logger_silenced() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

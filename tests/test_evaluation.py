@@ -1,0 +1,77 @@
+"""`mmrank eval` on a BEIR-format folder: metrics per stage, and the collection reused next time."""
+
+from __future__ import annotations
+
+import json
+
+from mmrank.collection import Collection
+from mmrank.datasets import RetrievalDataset
+from mmrank.evaluation import evaluate
+from mmrank.pipeline import Pipeline
+from mmrank.types import Hit, Item, Query, Ranking, StageScore
+
+CORPUS = {
+    "d1": ("Cats", "Domestic cats sleep between twelve and sixteen hours every day."),
+    "d2": ("Rockets", "The Falcon 9 first stage is powered by nine Merlin engines."),
+    "d3": ("Coffee", "Brazil is the largest coffee producer in the world."),
+    "d4": ("Tea", "Green tea is best brewed with water at about 80 degrees Celsius."),
+}
+QUERIES = {"q1": "How long do cats sleep?", "q2": "How many engines does a Falcon 9 have?",
+           "q3": "Which country produces the most coffee?"}
+
+
+def _write_beir(root):
+    root.mkdir()
+    (root / "corpus.jsonl").write_text("\n".join(
+        json.dumps({"_id": i, "title": t, "text": x}) for i, (t, x) in CORPUS.items()))
+    (root / "queries.jsonl").write_text("\n".join(json.dumps({"_id": i, "text": t}) for i, t in QUERIES.items()))
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq3\td3\t1\n")
+
+
+def test_eval_cli_reports_metrics_and_reuses_the_collection(tmp_path, run_cli, minilm):
+    _write_beir(tmp_path / "tiny-beir")
+    args = ["eval", tmp_path / "tiny-beir", "--json", "--collection", tmp_path / "c", "--metrics", "recall@1,mrr,ndcg@10"]
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["dataset"], result["queries"]) == ("tiny-beir", 3)
+    [stage] = result["stages"]
+    assert stage["stage"] == "retrieve"
+    assert stage["metrics"] == {"recall@1": 1.0, "mrr": 1.0, "ndcg@10": 1.0, "queries": 3}
+    assert stage["latency_ms"] > 0
+    assert len(Collection.open(tmp_path / "c")) == 4
+
+    code, out, _ = run_cli(*args[:-4], "--collection", tmp_path / "c")
+    assert code == 0 and "recall@1" in out and "retrieve" in out
+
+
+class _Reverse:
+    """A reranker that reverses the top two: enough to check per-stage bookkeeping."""
+
+    name, depth = "reverse", 2
+
+    def rerank(self, query, ranking, collection):
+        hits = list(ranking.hits)
+        order = hits[:2][::-1] + hits[2:]
+        return ranking.with_stage(self.name, [(h, None, None) for h in order], seconds=0.001)
+
+
+def test_evaluate_scores_every_stage(tmp_path):
+    items = [Item(id=i, kind="text", text=t) for i, (_, t) in CORPUS.items()]
+
+    class _FixedRetriever:
+        depth = 4
+
+        def retrieve(self, query, collection, k=None):
+            hits = tuple(Hit(item=item, score=1.0 / r, stages={"retrieve": StageScore(1.0 / r, r)})
+                         for r, item in enumerate(items, start=1))
+            return Ranking(query=query, hits=hits, timings={"retrieve": 0.002})
+
+    dataset = RetrievalDataset(name="toy", items=items, queries=[Query(text="x", id="q")],
+                               qrels={"q": {"d2": 1}}, split="test")
+    pipeline = Pipeline(collection=None, retriever=_FixedRetriever(), rerankers=[_Reverse()])
+    reports = {r.stage: r for r in evaluate(pipeline, dataset, ["recall@1", "mrr"], k=4)}
+    assert reports["retrieve"].metrics["recall@1"] == 0.0 and reports["retrieve"].metrics["mrr"] == 0.5
+    assert reports["reverse"].metrics["recall@1"] == 1.0 and reports["reverse"].metrics["mrr"] == 1.0
+    assert reports["retrieve"].latency_ms == 2.0 and reports["reverse"].latency_ms == 1.0
