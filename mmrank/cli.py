@@ -32,19 +32,21 @@ def index(
                                                 show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Collection folder to create or add to.")],
     text_model: Annotated[Optional[str], typer.Option(
-        help="sentence-transformers model name or local folder for page text "
-             "[default: the collection's, else all-MiniLM-L6-v2]")] = None,
+        help="sentence-transformers model name or local folder for page text.",
+        show_default="the collection's, else all-MiniLM-L6-v2")] = None,
     image_model: Annotated[Optional[str], typer.Option(
         help="open_clip model, passed unchanged: a built-in name (with --image-pretrained), "
-             "hf-hub:org/repo or local-dir:/path [default: the collection's, else ViT-B-32, "
-             "loaded only when images need it]")] = None,
+             "hf-hub:org/repo or local-dir:/path. Loaded only when images need it.",
+        show_default="the collection's, else ViT-B-32")] = None,
     image_pretrained: Annotated[Optional[str], typer.Option(
-        help="open_clip pretrained tag for a built-in model name [default: laion2b_s34b_b79k for ViT-B-32]")] = None,
+        help="open_clip pretrained tag for a built-in model name.",
+        show_default="laion2b_s34b_b79k")] = None,
     pages_as_images: Annotated[bool, typer.Option(
         help="Also embed every PDF page's picture with the image model (text-less pages always are).")] = False,
     dpi: Annotated[int, typer.Option(help="Resolution at which PDF pages are rendered for the image model.")] = 144,
     index_factory: Annotated[Optional[str], typer.Option(
-        help="FAISS index type: Flat (exact), IVF4096,Flat, HNSW32, IVF4096,PQ64 ... [default: Flat]")] = None,
+        help="FAISS index type: Flat (exact), IVF4096,Flat, HNSW32, IVF4096,PQ64 ...",
+        show_default="Flat, or the collection's")] = None,
     batch_size: Annotated[int, typer.Option(help="Items encoded per batch (and stored per transaction).")] = 32,
     device: DeviceOption = "auto",
     strict: Annotated[bool, typer.Option(help="Exit with an error if any file or page is skipped.")] = False,
@@ -160,9 +162,10 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Which split's judgements to use.")] = "test",
     pipeline: Annotated[str, typer.Option(help="Pipeline YAML file or bundled name.")] = "docqa-text",
     collection_path: Annotated[Optional[Path], typer.Option(
-        "--collection", help="Keep the encoded corpus in this collection folder (reused next time) "
-                             "[default: a temporary folder]")] = None,
-    text_model: Annotated[Optional[str], typer.Option(help="Text model [default: all-MiniLM-L6-v2].")] = None,
+        "--collection", help="Keep the encoded corpus in this collection folder (reused next time).",
+        show_default="a temporary folder")] = None,
+    text_model: Annotated[Optional[str], typer.Option(help="Text model for the corpus and the queries.",
+        show_default="all-MiniLM-L6-v2")] = None,
     metrics: Annotated[str, typer.Option(help="Comma-separated metrics.")] =
         "recall@1,recall@5,recall@10,map@10,ndcg@10,mrr",
     k: Annotated[int, typer.Option("-k", help="Depth of the rankings that are scored.")] = 100,
