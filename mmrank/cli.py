@@ -195,6 +195,8 @@ def evaluate(
         typer.echo(json.dumps({"dataset": dataset.name, "split": split, "queries": len(dataset.queries),
                                "stages": [s.__dict__ for s in stages]}, indent=2))
         return
+    from mmrank.report import format_table
+
     typer.echo(f"{dataset.name} ({split}): {len(dataset.queries)} queries, {len(dataset.items)} items")
     headers = ["stage", *wanted, "ms/query"]
     rows = [[s.stage, *(f"{s.metrics[m]:.4f}" for m in wanted), f"{s.latency_ms:.1f}"] for s in stages]
@@ -217,18 +219,12 @@ def demo(
 
 
 def _results_table(ranking) -> str:
+    from mmrank.report import format_table
+
     rows = [[str(rank), f"{hit.score:.4f}", Path(hit.item.source).name if hit.item.source else hit.item.id,
              str(hit.item.page or ""), "+".join(hit.found_by)]
             for rank, hit in enumerate(ranking.hits, start=1)]
     return format_table(["rank", "score", "source", "page", "found by"], rows)
-
-
-def format_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A plain, aligned text table."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
-             for line in [headers, ["-" * w for w in widths], *rows]]
-    return "\n".join(lines)
 
 
 def _fail(message: str) -> None:

@@ -170,23 +170,29 @@ class Collection:
 
     def info(self) -> dict[str, Any]:
         """What is in the collection: counts, vector spaces and their encoders, index type."""
-        vector_counts = dict(self._db.execute("SELECT space, COUNT(*) FROM vectors GROUP BY space"))
-        kinds = dict(self._db.execute("SELECT kind, COUNT(*) FROM items GROUP BY kind"))
+        counts = self._counts()
         return {
             "path": str(self.path),
             "format_version": self._manifest["format_version"],
             "created": self._manifest["created"],
             "updated": self._manifest["updated"],
-            "items": len(self),
-            "items_by_kind": kinds,
-            "files": self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0],
+            "items": counts["items"],
+            "items_by_kind": dict(self._db.execute("SELECT kind, COUNT(*) FROM items GROUP BY kind")),
+            "files": counts["files"],
             "with_text": self._db.execute(
                 "SELECT COUNT(*) FROM items WHERE text IS NOT NULL AND text != ''").fetchone()[0],
             "spaces": {
-                name: {"encoder": space.encoder, "dim": space.dim, "vectors": vector_counts.get(name, 0)}
+                name: {"encoder": space.encoder, "dim": space.dim, "vectors": counts["vectors"].get(name, 0)}
                 for name, space in self.spaces.items()
             },
             "index": self.index_factory,
+        }
+
+    def _counts(self) -> dict[str, Any]:
+        return {
+            "items": len(self),
+            "files": self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0],
+            "vectors": dict(self._db.execute("SELECT space, COUNT(*) FROM vectors GROUP BY space")),
         }
 
     # ----------------------------------------------------------------- encoders
@@ -365,11 +371,7 @@ class Collection:
             files["bm25"] = relative
         previous = self._manifest["index"]["files"]
         self._manifest["index"].update(files=files, revision=revision)
-        self._manifest["counts"] = {
-            "items": len(self),
-            "files": self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0],
-            "vectors": dict(self._db.execute("SELECT space, COUNT(*) FROM vectors GROUP BY space")),
-        }
+        self._manifest["counts"] = self._counts()
         self._write_manifest()
         for relative in set(previous.values()) - set(files.values()):
             shutil.rmtree(self.path / relative, ignore_errors=True)

@@ -27,12 +27,11 @@ def load_questions(assets: Path) -> list[dict]:
 def run_demo(out: Path, echo: Callable[[str], None] = print, assets: Path = ASSETS_DIR) -> dict[str, float]:
     """Index ``assets/pdfs`` into ``out/collection``, answer the sample questions, print a table per
     question and write ``out/results.html``. Returns the share of questions answered at rank 1."""
-    from mmrank.cli import format_table
     from mmrank.collection import Collection
     from mmrank.encoders import load_text_encoder
     from mmrank.indexing import ItemEncoder, index_paths
     from mmrank.pipeline import Pipeline
-    from mmrank.report import write_html_report
+    from mmrank.report import format_table, write_html_report
     from mmrank.types import Query
 
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Result sheets: a self-contained HTML page with a thumbnail, source, page and score per hit."""
+"""Showing results: self-contained HTML sheets with thumbnails, and plain text tables for the terminal."""
 
 from __future__ import annotations
 
@@ -35,6 +35,14 @@ def write_html_report(rankings: Sequence[Ranking], path: str | Path, title: str 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain, aligned text table."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
+             for line in [headers, ["-" * w for w in widths], *rows]]
+    return "\n".join(lines)
 
 
 def thumbnail(item: Item, size: int = THUMBNAIL_PX) -> Image.Image | None:
