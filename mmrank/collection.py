@@ -415,7 +415,15 @@ class Collection:
             blobs.append(blob)
         index = VectorIndex(dim, self.index_factory, device=self._device)
         if ids:
-            index.add(ids, np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim))
+            vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)
+            try:
+                index.add(ids, vectors)
+            except InputError as error:
+                raise CollectionError(
+                    f"{self.path}: cannot build its '{self.index_factory}' index over {len(ids)} {space} "
+                    f"vectors ({error}) The vectors are stored: choose another index type (e.g. "
+                    "--index-factory Flat) and only the index is rebuilt."
+                ) from error
         return index
 
     def _texts(self) -> tuple[list[str], list[str]]:

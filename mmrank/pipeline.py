@@ -65,16 +65,17 @@ class Pipeline:
 
     def search(self, query: Query | str, k: int = 10) -> Ranking:
         """The top ``k`` hits for one query (a plain string is a text query)."""
-        if k < 1:
-            raise InputError(f"k must be at least 1, got {k}.")
-        query = Query(text=query) if isinstance(query, str) else query
-        ranking = self.retriever.retrieve(query, self.collection, max(k, self.depth))
-        for reranker in self.rerankers:
-            ranking = reranker.rerank(query, ranking, self.collection)
-        return ranking.top(k)
+        return self.search_batch([query], k)[0]
 
     def search_batch(self, queries: Sequence[Query | str], k: int = 10) -> list[Ranking]:
-        return [self.search(query, k) for query in queries]
+        """The top ``k`` hits for each query; the first stage encodes and searches them together."""
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}.")
+        queries = [Query(text=q) if isinstance(q, str) else q for q in queries]
+        rankings = self.retriever.retrieve_batch(queries, self.collection, max(k, self.depth))
+        for reranker in self.rerankers:
+            rankings = [reranker.rerank(query, ranking, self.collection) for query, ranking in zip(queries, rankings)]
+        return [ranking.top(k) for ranking in rankings]
 
 
 def resolve_pipeline_path(path: str | Path) -> Path:

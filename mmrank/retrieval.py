@@ -22,7 +22,7 @@ import numpy as np
 from mmrank.collection import Collection
 from mmrank.errors import InputError
 from mmrank.fusion import FUSION_METHODS, compose_query_vector, fuse_results
-from mmrank.types import Hit, Query, Ranking, StageScore
+from mmrank.types import Hit, Item, Query, Ranking, StageScore
 
 PATHS = ("text", "bm25", "image")
 STAGE = "retrieve"
@@ -53,26 +53,29 @@ class HybridRetriever:
 
     def retrieve(self, query: Query, collection: Collection, k: int | None = None) -> Ranking:
         """The fused top ``max(k, depth)`` items of the collection for ``query``."""
+        return self.retrieve_batch([query], collection, k)[0]
+
+    def retrieve_batch(self, queries: Sequence[Query], collection: Collection, k: int | None = None) -> list[Ranking]:
+        """Like :meth:`retrieve` for many queries at once: each path encodes and searches the whole
+        batch in one call. Each ranking's ``retrieve`` time is its share of the batch's time."""
         start = time.perf_counter()
         depth = max(k or 0, self.depth)
-        results = {path: self._search_path(path, query, collection, depth)
-                   for path in self.active_paths(query, collection)}
-        if not results:
-            raise InputError(_nothing_to_search(query, collection))
-        fused = next(iter(results.values())) if len(results) == 1 else fuse_results(
-            results, self.fusion, self.weights, self.rrf_k)
-        fused = fused[:depth]
-        items = collection.get_many(item_id for item_id, _ in fused)
-        per_path = {path: {item_id: (rank, score) for rank, (item_id, score) in enumerate(hits, start=1)}
-                    for path, hits in results.items()}
-        hits = []
-        for rank, (item_id, score) in enumerate(fused, start=1):
-            stages = {path: StageScore(score=found[item_id][1], rank=found[item_id][0])
-                      for path, found in per_path.items() if item_id in found}
-            stages[STAGE] = StageScore(score=score, rank=rank)
-            hits.append(Hit(item=items[item_id], score=score, stages=stages,
-                            found_by=tuple(p for p in per_path if item_id in per_path[p])))
-        return Ranking(query=query, hits=tuple(hits), timings={STAGE: time.perf_counter() - start})
+        active = [self.active_paths(query, collection) for query in queries]
+        results: list[dict[str, list[tuple[str, float]]]] = [{} for _ in queries]
+        for path in self.paths:
+            chosen = [i for i, paths in enumerate(active) if path in paths]
+            if chosen:
+                found = self._search_path(path, [queries[i] for i in chosen], collection, depth)
+                for i, hits in zip(chosen, found):
+                    results[i][path] = hits
+        for query, paths in zip(queries, results):
+            if not paths:
+                raise InputError(_nothing_to_search(query, collection))
+        fused = [self._fuse(paths)[:depth] for paths in results]
+        items = collection.get_many({item_id for ranked in fused for item_id, _ in ranked})
+        seconds = (time.perf_counter() - start) / max(1, len(queries))
+        return [_ranking(query, ranked, paths, items, seconds)
+                for query, ranked, paths in zip(queries, fused, results)]
 
     def active_paths(self, query: Query, collection: Collection) -> list[str]:
         """The configured paths this query and collection allow, in configured order."""
@@ -85,25 +88,53 @@ class HybridRetriever:
         }
         return [path for path in self.paths if usable[path]]
 
-    def _search_path(self, path: str, query: Query, collection: Collection, depth: int) -> list[tuple[str, float]]:
+    def _fuse(self, results: Mapping[str, list[tuple[str, float]]]) -> list[tuple[str, float]]:
+        if len(results) == 1:
+            return next(iter(results.values()))
+        return fuse_results(results, self.fusion, self.weights, self.rrf_k)
+
+    def _search_path(self, path: str, queries: Sequence[Query], collection: Collection,
+                     depth: int) -> list[list[tuple[str, float]]]:
+        texts = [query.search_text for query in queries]
         if path == "bm25":
-            return collection.search_text([query.search_text], depth)[0]
+            return collection.search_text(texts, depth)
         if path == "text":
             encoder = collection.encoder("text")
-            vector = encoder.encode_texts([query.search_text])
+            vectors = encoder.encode_texts(texts)
         else:
             encoder = collection.encoder("image")
-            vector = self._image_query_vector(query, encoder)
-        return collection.search(path, vector, depth, encoder=encoder.name)[0]
+            vectors = self._image_query_vectors(queries, encoder)
+        return collection.search(path, vectors, depth, encoder=encoder.name)
 
-    def _image_query_vector(self, query: Query, encoder) -> np.ndarray:
-        text = query.search_text
-        if query.image is None:
-            return encoder.encode_texts([text])
-        image_vector = encoder.encode_images([query.image])
-        if text is None:
-            return image_vector
-        return compose_query_vector(image_vector, encoder.encode_texts([text]), self.alpha)
+    def _image_query_vectors(self, queries: Sequence[Query], encoder) -> np.ndarray:
+        """Rows for the image space: the query image, the query text through the image model's
+        text tower, or both fused into a composed query."""
+        with_image = [i for i, q in enumerate(queries) if q.image is not None]
+        with_text = [i for i, q in enumerate(queries) if q.search_text is not None]
+        image_vectors = dict(zip(with_image, encoder.encode_images([queries[i].image for i in with_image])))
+        text_vectors = dict(zip(with_text, encoder.encode_texts([queries[i].search_text for i in with_text])))
+        rows = []
+        for i in range(len(queries)):
+            if i in image_vectors and i in text_vectors:
+                rows.append(compose_query_vector(image_vectors[i], text_vectors[i], self.alpha))
+            else:
+                rows.append(image_vectors[i] if i in image_vectors else text_vectors[i])
+        return np.stack(rows)
+
+
+def _ranking(query: Query, fused: list[tuple[str, float]], results: Mapping[str, list[tuple[str, float]]],
+             items: Mapping[str, Item], seconds: float) -> Ranking:
+    """Hits in fused order, each with every path's score and rank and the paths that found it."""
+    per_path = {path: {item_id: (rank, score) for rank, (item_id, score) in enumerate(hits, start=1)}
+                for path, hits in results.items()}
+    hits = []
+    for rank, (item_id, score) in enumerate(fused, start=1):
+        stages = {path: StageScore(score=found[item_id][1], rank=found[item_id][0])
+                  for path, found in per_path.items() if item_id in found}
+        stages[STAGE] = StageScore(score=score, rank=rank)
+        hits.append(Hit(item=items[item_id], score=score, stages=stages,
+                        found_by=tuple(path for path, found in per_path.items() if item_id in found)))
+    return Ranking(query=query, hits=tuple(hits), timings={STAGE: seconds})
 
 
 def _nothing_to_search(query: Query, collection: Collection) -> str:

@@ -174,3 +174,13 @@ def test_images_without_a_cached_default_model_get_one_clear_error(tmp_path, run
     assert code == 2
     message = err.splitlines()[-1]
     assert message.startswith("Error: ") and "ViT-B-32" in message and "local-dir:" in message
+
+
+def test_index_type_too_big_for_the_collection_keeps_the_vectors(tmp_path, run_cli):
+    make_pdf(tmp_path / "pdfs" / "a.pdf", ["Cats sleep.", "Rockets fly."])
+    code, _, err = run_cli("index", tmp_path / "pdfs", "--out", tmp_path / "c", "-q", "--index-factory", "IVF64,Flat")
+    assert code == 2 and "needs at least 64 vectors" in err and "--index-factory Flat" in err
+    code, out, _ = run_cli("index", tmp_path / "pdfs", "--out", tmp_path / "c", "-q", "--index-factory", "Flat")
+    assert code == 0 and "(0 items)" in out and "1 unchanged" in out
+    code, out, _ = run_cli("search", tmp_path / "c", "rockets", "--json", "-k", "1")
+    assert json.loads(out)[0]["page"] == 2

@@ -63,10 +63,10 @@ def test_evaluate_scores_every_stage(tmp_path):
     class _FixedRetriever:
         depth = 4
 
-        def retrieve(self, query, collection, k=None):
+        def retrieve_batch(self, queries, collection, k=None):
             hits = tuple(Hit(item=item, score=1.0 / r, stages={"retrieve": StageScore(1.0 / r, r)})
                          for r, item in enumerate(items, start=1))
-            return Ranking(query=query, hits=hits, timings={"retrieve": 0.002})
+            return [Ranking(query=query, hits=hits, timings={"retrieve": 0.002}) for query in queries]
 
     dataset = RetrievalDataset(name="toy", items=items, queries=[Query(text="x", id="q")],
                                qrels={"q": {"d2": 1}}, split="test")

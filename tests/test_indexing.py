@@ -97,6 +97,21 @@ def test_image_search_finds_each_image_first(tmp_path, tiny_clip):
         assert all(h.found_by == ("image",) for h in by_text)
 
 
+def test_batched_image_queries_match_single_ones(tmp_path, tiny_clip):
+    paths = [make_image(tmp_path / "in" / f"img{n}.png", seed=30 + n) for n in range(5)]
+    with Collection.create(tmp_path / "c") as collection:
+        index_paths(collection, [tmp_path / "in"], ItemEncoder(None, tiny_clip))
+        pipeline = Pipeline(collection)
+        queries = [Query(text="a red square"), Query(image=paths[1]),
+                   Query(image=paths[2], modification="make it blue"), Query(image=paths[3])]
+        batched = pipeline.search_batch(queries, k=5)
+        for query, ranking in zip(queries, batched):
+            single = pipeline.search(query, k=5)
+            assert ranking.ids == single.ids
+            assert [h.score for h in ranking] == pytest.approx([h.score for h in single], abs=1e-5)
+        assert batched[1][0].item.id == str(paths[1].resolve())
+
+
 def test_text_less_pages_fall_back_to_their_picture(tmp_path, minilm, tiny_clip):
     make_pdf(tmp_path / "in" / "scan.pdf", ["The violin has four strings.", None])
     with Collection.create(tmp_path / "without") as collection:
