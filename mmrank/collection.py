@@ -298,6 +298,16 @@ class Collection:
 
     def vectors(self, ids: Sequence[str], space: str) -> np.ndarray:
         """Stored vectors of ``ids`` in ``space`` as a (len(ids), dim) float32 matrix."""
+        found, matrix = self._stored_vectors(ids, space)
+        if len(found) < len(ids):
+            present = set(found)
+            missing = [i for i in ids if i not in present]
+            raise InputError(f"{self.path}: no {space} vectors for {len(missing)} items, e.g. '{missing[0]}'.")
+        return matrix
+
+    def _stored_vectors(self, ids: Sequence[str], space: str) -> tuple[list[str], np.ndarray]:
+        """The ids among ``ids`` that have a vector in ``space`` (in the given order), and those
+        vectors as a float32 matrix."""
         dim = self._space(space).dim
         by_id: dict[str, bytes] = {}
         for chunk in _chunks(list(ids), 500):
@@ -305,18 +315,21 @@ class Collection:
             by_id.update(self._db.execute(
                 f"SELECT item_id, vector FROM vectors WHERE space = ? AND item_id IN ({marks})",
                 [space, *chunk]))
-        missing = [i for i in ids if i not in by_id]
-        if missing:
-            raise InputError(f"{self.path}: no {space} vectors for {len(missing)} items, e.g. '{missing[0]}'.")
-        if not ids:
-            return np.zeros((0, dim), dtype=np.float32)
-        return np.frombuffer(b"".join(by_id[i] for i in ids), dtype=np.float32).reshape(len(ids), dim).copy()
+        found = [i for i in dict.fromkeys(ids) if i in by_id]
+        if not found:
+            return [], np.zeros((0, dim), dtype=np.float32)
+        matrix = np.frombuffer(b"".join(by_id[i] for i in found), dtype=np.float32)
+        return found, matrix.reshape(len(found), dim).copy()
 
     # ----------------------------------------------------------------- search
-    def search(self, space: str, queries: np.ndarray, k: int, *,
-               encoder: str | None = None) -> list[list[tuple[str, float]]]:
+    def search(self, space: str, queries: np.ndarray, k: int, *, encoder: str | None = None,
+               among: Sequence[Iterable[str] | None] | None = None) -> list[list[tuple[str, float]]]:
         """Nearest items of each query vector in ``space`` as (item id, inner product) lists.
-        When ``encoder`` names the model that encoded the queries, it must be the space's own."""
+
+        When ``encoder`` names the model that encoded the queries, it must be the space's own.
+        ``among`` (one entry per query) restricts a query to the given item ids, scored exactly
+        from their stored vectors; None entries search the whole index.
+        """
         space_info = self._space(space)
         if encoder is not None:
             self.check_encoder(space, encoder, space_info.dim)
@@ -325,15 +338,39 @@ class Collection:
             raise EncoderMismatchError(
                 f"{self.path}: query vectors have {queries.shape[1]} dimensions; the collection's "
                 f"{space} vectors have {space_info.dim}.")
+        among = list(among) if among is not None else [None] * len(queries)
+        results: list[list[tuple[str, float]]] = [[] for _ in range(len(queries))]
+        open_rows = [i for i, subset in enumerate(among) if subset is None]
         index = self._vector_index(space)
-        if len(index) == 0:
-            return [[] for _ in range(len(queries))]
-        ids, scores = index.search(queries, k)
-        return [list(zip(row_ids, map(float, row_scores))) for row_ids, row_scores in zip(ids, scores)]
+        if open_rows and len(index):
+            ids, scores = index.search(queries[open_rows], k)
+            for row, row_ids, row_scores in zip(open_rows, ids, scores):
+                results[row] = list(zip(row_ids, map(float, row_scores)))
+        for row, subset in enumerate(among):
+            if subset is not None:
+                found, matrix = self._stored_vectors(sorted(subset), space)
+                scores = matrix @ queries[row]
+                best = np.argsort(-scores, kind="stable")[:k]
+                results[row] = [(found[i], float(scores[i])) for i in best]
+        return results
 
-    def search_text(self, queries: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
-        """BM25 over item texts: (item id, BM25 score) lists, best first, positive scores only."""
-        return self._lexical_index().search(queries, k)
+    def search_text(self, queries: Sequence[str], k: int, *,
+                    among: Sequence[Iterable[str] | None] | None = None) -> list[list[tuple[str, float]]]:
+        """BM25 over item texts: (item id, BM25 score) lists, best first, positive scores only.
+        ``among`` restricts queries to item ids as in :meth:`search`."""
+        among = list(among) if among is not None else [None] * len(queries)
+        lexical = self._lexical_index()
+        results: list[list[tuple[str, float]]] = [[] for _ in queries]
+        open_rows = [i for i, subset in enumerate(among) if subset is None]
+        if open_rows:
+            for row, hits in zip(open_rows, lexical.search([queries[i] for i in open_rows], k)):
+                results[row] = hits
+        for row, subset in enumerate(among):
+            if subset is not None:
+                allowed = set(subset)
+                hits = lexical.search([queries[row]], len(self))[0]
+                results[row] = [hit for hit in hits if hit[0] in allowed][:k]
+        return results
 
     @property
     def has_text(self) -> bool:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from mmrank.collection import Collection
 from mmrank.datasets import RetrievalDataset
+from mmrank.datasets.base import Judgements
 from mmrank.indexing import ItemEncoder
-from mmrank.metrics import evaluate_rankings
+from mmrank.metrics import score_queries
 from mmrank.pipeline import Pipeline
 
 DEFAULT_METRICS = ("recall@1", "recall@5", "recall@10", "map@10", "ndcg@10", "mrr")
@@ -38,12 +39,18 @@ def add_dataset_items(collection: Collection, dataset: RetrievalDataset, encoder
     return len(missing)
 
 
-def evaluate(pipeline: Pipeline, dataset: RetrievalDataset, metrics: Sequence[str] = DEFAULT_METRICS,
+def evaluate(pipeline: Pipeline, dataset: RetrievalDataset, metrics: Sequence[str] | None = None,
              *, k: int = 100, batch_size: int = 64, progress: bool = False) -> list[StageReport]:
     """Run every query (``batch_size`` at a time through the first stage) and score the order after
-    each stage (first stage, then each reranker); latency is the mean time per query per stage."""
+    each stage (first stage, then each reranker); latency is the mean time per query per stage.
+
+    ``metrics`` defaults to the dataset's own, else :data:`DEFAULT_METRICS`. Ignored items are
+    dropped before scoring; protocols and per-group (macro) means are reported as the dataset
+    asks (see :class:`RetrievalDataset`).
+    """
     from tqdm.auto import tqdm
 
+    metrics = list(metrics or dataset.metrics or DEFAULT_METRICS)
     orders: dict[str, dict[str, list[str]]] = {}
     seconds: dict[str, float] = {}
     with tqdm(total=len(dataset.queries), desc="Queries", disable=not progress) as bar:
@@ -54,8 +61,38 @@ def evaluate(pipeline: Pipeline, dataset: RetrievalDataset, metrics: Sequence[st
                     orders.setdefault(stage, {})[query.id] = ranking.order_after(stage)
                     seconds[stage] = seconds.get(stage, 0.0) + spent
             bar.update(len(batch))
+    groups = _groups(dataset)
     count = max(1, len(dataset.queries))
-    return [
-        StageReport(stage, evaluate_rankings(order, dataset.qrels, metrics), 1000 * seconds[stage] / count)
-        for stage, order in orders.items()
-    ]
+    reports = []
+    for stage, order in orders.items():
+        values: dict[str, float] = {}
+        for prefix, judgements in dataset.judgements().items():
+            values.update(score_judgements(order, judgements, metrics, groups, prefix))
+        reports.append(StageReport(stage, values, 1000 * seconds[stage] / count))
+    return reports
+
+
+def score_judgements(rankings: dict[str, list[str]], judgements: Judgements, metrics: Sequence[str],
+                     groups: dict[str, str] | None = None, prefix: str = "") -> dict[str, float]:
+    """Mean metrics of ``rankings`` under one judgement set, ignored items removed first; with
+    ``groups`` (query id -> group), also the mean of the per-group means as ``macro/<metric>``.
+    Keys carry ``prefix + "/"`` when a prefix is given; ``queries`` counts the scored queries."""
+    cleaned = {qid: [i for i in order if i not in judgements.ignored.get(qid, ())]
+               for qid, order in rankings.items()}
+    per_query = score_queries(cleaned, judgements.qrels, metrics)
+    results: dict[str, float] = {}
+    for name, values in per_query.items():
+        results[name] = sum(values.values()) / len(values)
+        if groups:
+            by_group: dict[str, list[float]] = {}
+            for qid, value in values.items():
+                by_group.setdefault(groups[qid], []).append(value)
+            results[f"macro/{name}"] = sum(sum(v) / len(v) for v in by_group.values()) / len(by_group)
+    results["queries"] = len(next(iter(per_query.values()), {}))
+    return {f"{prefix}/{key}" if prefix else key: value for key, value in results.items()}
+
+
+def _groups(dataset: RetrievalDataset) -> dict[str, str] | None:
+    if dataset.group_by is None:
+        return None
+    return {query.id: str(query.metadata.get(dataset.group_by, "")) for query in dataset.queries}

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from mmrank.collection import Collection, FileEntry
-from mmrank.documents import DEFAULT_DPI, render_page
+from mmrank.documents import DEFAULT_DPI
 from mmrank.encoders.base import ImageEncoder, TextEncoder
 from mmrank.errors import InputError
+from mmrank.images import item_image
 from mmrank.ingest import Skipped, discover, fingerprint, read_items
 from mmrank.types import Item
 
@@ -84,9 +85,7 @@ class ItemEncoder:
         return vectors
 
     def _image_of(self, item: Item):
-        if item.kind == "page":
-            return render_page(item.source, item.page, self.dpi)
-        return item.source
+        return item_image(item, self.dpi) if item.kind == "page" else item.source
 
 
 def index_paths(

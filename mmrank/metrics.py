@@ -131,26 +131,40 @@ def parse_metric(name: str) -> QueryMetric:
     return lambda ranked, relevance: function(ranked, relevance, cutoff)
 
 
+def score_queries(
+    rankings: Mapping[str, Sequence[str]],
+    qrels: Mapping[str, Relevance],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+) -> dict[str, dict[str, float]]:
+    """Each metric's value per query (metric name -> query id -> value), for the queries of
+    ``qrels`` that have at least one relevant item.
+
+    A judged query missing from ``rankings`` counts as an empty ranking (it scores 0); rankings
+    for queries absent from ``qrels`` are ignored.
+    """
+    functions = {name: parse_metric(name) for name in metrics}
+    judged = {qid: rel for qid, rel in qrels.items() if _has_relevant(rel)}
+    if not judged:
+        raise InputError(
+            "No query in the qrels has a relevant item (grade > 0): nothing to evaluate."
+        )
+    return {name: {qid: function(rankings.get(qid, ()), rel) for qid, rel in judged.items()}
+            for name, function in functions.items()}
+
+
 def evaluate_rankings(
     rankings: Mapping[str, Sequence[str]],
     qrels: Mapping[str, Relevance],
     metrics: Sequence[str] = DEFAULT_METRICS,
 ) -> dict[str, float]:
-    """Mean of each metric over the queries of ``qrels`` that have at least one relevant item.
-
-    A judged query missing from ``rankings`` counts as an empty ranking (it scores 0); rankings
-    for queries absent from ``qrels`` are ignored. Keys are the metric names as given, plus
-    ``"queries"``: the number of queries averaged over.
-    """
-    functions = {name: parse_metric(name) for name in metrics}
-    judged = {qid: rel for qid, rel in qrels.items() if any(grade > 0 for grade in rel.values())}
-    if not judged:
-        raise InputError(
-            "No query in the qrels has a relevant item (grade > 0): nothing to evaluate."
-        )
-    results: dict[str, float] = {}
-    for name, function in functions.items():
-        scores = [function(rankings.get(qid, ()), rel) for qid, rel in judged.items()]
-        results[name] = sum(scores) / len(scores)
-    results["queries"] = len(judged)
+    """Mean of each metric over the queries of ``qrels`` that have at least one relevant item
+    (see :func:`score_queries`). Keys are the metric names as given, plus ``"queries"``: the
+    number of queries averaged over."""
+    per_query = score_queries(rankings, qrels, metrics)
+    results = {name: sum(values.values()) / len(values) for name, values in per_query.items()}
+    results["queries"] = sum(map(_has_relevant, qrels.values()))
     return results
+
+
+def _has_relevant(relevance: Relevance) -> bool:
+    return any(grade > 0 for grade in relevance.values())

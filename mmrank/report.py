@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmrank.documents import render_page
+from mmrank.images import item_image
 from mmrank.errors import InputError
 from mmrank.types import Item, Ranking
 
@@ -47,19 +47,11 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def thumbnail(item: Item, size: int = THUMBNAIL_PX) -> Image.Image | None:
     """A small picture of an item (page render or image file); None for items with no picture."""
-    from PIL import Image
-
-    if item.source is None or not Path(item.source).exists():
+    if item.kind == "text" or item.source is None or not Path(item.source).exists():
         return None
     try:
-        if item.kind == "page":
-            picture = render_page(item.source, item.page, dpi=48)
-        elif item.kind == "image":
-            with Image.open(item.source) as opened:
-                picture = opened.convert("RGB")
-        else:
-            return None
-    except (InputError, OSError):
+        picture = item_image(item, dpi=48)
+    except InputError:
         return None
     picture.thumbnail((size, size))
     return picture

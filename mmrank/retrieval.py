@@ -96,15 +96,16 @@ class HybridRetriever:
     def _search_path(self, path: str, queries: Sequence[Query], collection: Collection,
                      depth: int) -> list[list[tuple[str, float]]]:
         texts = [query.search_text for query in queries]
+        among = [query.candidates for query in queries]
         if path == "bm25":
-            return collection.search_text(texts, depth)
+            return collection.search_text(texts, depth, among=among)
         if path == "text":
             encoder = collection.encoder("text")
             vectors = encoder.encode_texts(texts)
         else:
             encoder = collection.encoder("image")
             vectors = self._image_query_vectors(queries, encoder)
-        return collection.search(path, vectors, depth, encoder=encoder.name)
+        return collection.search(path, vectors, depth, encoder=encoder.name, among=among)
 
     def _image_query_vectors(self, queries: Sequence[Query], encoder) -> np.ndarray:
         """Rows for the image space: the query image, the query text through the image model's

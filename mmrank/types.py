@@ -46,17 +46,24 @@ class Item:
 
 @dataclass(frozen=True)
 class Query:
-    """What a user asks: text, an image, or a reference image plus a modification text."""
+    """What a user asks: text, an image, or a reference image plus a modification text.
+
+    ``candidates``, when given, restricts the search to those item ids (e.g. the pages of one
+    document).
+    """
 
     text: str | None = None
     image: ImageInput | None = None
     modification: str | None = None
     id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    candidates: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         from mmrank.errors import InputError
 
+        if self.candidates is not None:
+            object.__setattr__(self, "candidates", frozenset(self.candidates))
         has_text = bool(self.text and self.text.strip())
         has_modification = bool(self.modification and self.modification.strip())
         if not has_text and self.image is None and not has_modification:

@@ -75,3 +75,48 @@ def test_evaluate_scores_every_stage(tmp_path):
     assert reports["retrieve"].metrics["recall@1"] == 0.0 and reports["retrieve"].metrics["mrr"] == 0.5
     assert reports["reverse"].metrics["recall@1"] == 1.0 and reports["reverse"].metrics["mrr"] == 1.0
     assert reports["retrieve"].latency_ms == 2.0 and reports["reverse"].latency_ms == 1.0
+
+
+def _fixed_pipeline(items, order):
+    """A pipeline whose first stage returns ``order`` (item ids) for every query."""
+    by_id = {item.id: item for item in items}
+
+    class _FixedRetriever:
+        depth = len(order)
+
+        def retrieve_batch(self, queries, collection, k=None):
+            hits = tuple(Hit(item=by_id[i], score=1.0 / r, stages={"retrieve": StageScore(1.0 / r, r)})
+                         for r, i in enumerate(order, start=1))
+            return [Ranking(query=query, hits=hits, timings={"retrieve": 0.001}) for query in queries]
+
+    return Pipeline(collection=None, retriever=_FixedRetriever())
+
+
+def test_ignored_items_are_dropped_before_scoring_and_protocols_are_prefixed():
+    from mmrank.datasets.base import Judgements
+
+    items = [Item(id=i, kind="text", text=i) for i in "abcd"]
+    queries = [Query(text="x", id="q")]
+    # Order a, b, c, d. Medium: c relevant, a junk -> c at rank 2 after removing a -> mrr 1/2.
+    # Hard: d relevant, a and c ignored -> d at rank 2 -> mrr 1/2; recall@1 0.
+    protocols = {"medium": Judgements({"q": {"c": 1}}, {"q": frozenset("a")}),
+                 "hard": Judgements({"q": {"d": 1}}, {"q": frozenset("ac")})}
+    dataset = RetrievalDataset(name="toy", items=items, queries=queries, qrels={"q": {"c": 1}}, split="test",
+                               protocols=protocols, metrics=("mrr", "recall@2"))
+    [report] = evaluate(_fixed_pipeline(items, "abcd"), dataset)
+    assert report.metrics == {"medium/mrr": 0.5, "medium/recall@2": 1.0, "medium/queries": 1,
+                              "hard/mrr": 0.5, "hard/recall@2": 1.0, "hard/queries": 1}
+
+
+def test_group_by_reports_macro_means_over_groups():
+    items = [Item(id=i, kind="text", text=i) for i in "abc"]
+    queries = [Query(text="x", id="q1", metadata={"domain": "news"}),
+               Query(text="x", id="q2", metadata={"domain": "news"}),
+               Query(text="x", id="q3", metadata={"domain": "law"})]
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"a": 1}}
+    dataset = RetrievalDataset(name="toy", items=items, queries=queries, qrels=qrels, split="test",
+                               group_by="domain")
+    [report] = evaluate(_fixed_pipeline(items, "abc"), dataset, ["recall@1"])
+    # Per query recall@1: 1, 0, 1. Micro = 2/3; macro = mean(news 0.5, law 1.0) = 0.75.
+    assert report.metrics["recall@1"] == 2 / 3
+    assert report.metrics["macro/recall@1"] == 0.75

@@ -87,3 +87,13 @@ def test_bad_pipeline_files_are_named(tmp_path, docs, yaml_text, message):
 def test_k_must_be_positive(docs):
     with pytest.raises(InputError, match="k must be at least 1"):
         Pipeline(docs).search("cats", k=0)
+
+
+def test_candidates_restrict_every_path_to_the_given_items(docs):
+    pipeline = Pipeline.from_yaml("docqa-text", docs)
+    everything = pipeline.search("How many strings does a violin have?", k=4)
+    allowed = frozenset(everything.ids[1:3])
+    restricted = pipeline.search(Query(text="How many strings does a violin have?", candidates=allowed), k=4)
+    assert set(restricted.ids) == allowed
+    # Within the allowed items, the order is the unrestricted one.
+    assert restricted.ids == [i for i in everything.ids if i in allowed]

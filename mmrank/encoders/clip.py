@@ -15,17 +15,15 @@ import logging
 from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from mmrank.encoders import DEFAULT_IMAGE_MODEL, DEFAULT_IMAGE_PRETRAINED
 from mmrank.encoders.base import l2_normalize, resolve_device
 from mmrank.errors import InputError, ModelUnavailableError
+from mmrank.images import open_rgb
 from mmrank.types import ImageInput
-
-if TYPE_CHECKING:
-    from PIL import Image as PILImage
 
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
@@ -189,7 +187,7 @@ class OpenClipEncoder:
         import torch
 
         def embed(batch: Sequence[ImageInput]) -> np.ndarray:
-            pixels = torch.stack([self._preprocess(_open_rgb(image)) for image in batch])
+            pixels = torch.stack([self._preprocess(open_rgb(image)) for image in batch])
             pixels = pixels.to(device=self.device, dtype=getattr(torch, self.dtype))
             return self._model.encode_image(pixels).float().cpu().numpy()
 
@@ -245,16 +243,3 @@ def _root_logger_silenced() -> Iterator[None]:
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
-
-
-def _open_rgb(image: ImageInput) -> PILImage.Image:
-    """A PIL image in RGB; a path that is not a readable image raises InputError naming it."""
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    try:
-        with Image.open(image) as opened:
-            return opened.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"Cannot read image {str(image)!r}: {exc}") from exc
