@@ -57,7 +57,7 @@ def main() -> None:
                 report = index_paths(collection, [folder], ItemEncoder(encoder), batch_size=batch_size)
                 elapsed = time.perf_counter() - started
                 assert report.items_added == pages
-            rows.append((f"mmrank index (end to end)", str(batch_size), pages / elapsed))
+            rows.append(("mmrank index (end to end)", str(batch_size), pages / elapsed))
 
     print(f"Text fallback indexing: {pages} pages ({len(files)} PDFs), torch threads {torch.get_num_threads()}")
     print(f"{'step':<34}{'batch':>7}{'pages/s':>10}")

@@ -35,8 +35,10 @@ def index(
         help="sentence-transformers model name or local folder for page text.",
         show_default="the collection's, else all-MiniLM-L6-v2")] = None,
     image_model: Annotated[Optional[str], typer.Option(
-        help="open_clip model, passed unchanged: a built-in name (with --image-pretrained), "
-             "hf-hub:org/repo or local-dir:/path. Loaded only when images need it.",
+        help="Image model: an open_clip model, passed unchanged (a built-in name with "
+             "--image-pretrained, hf-hub:org/repo or local-dir:/path), or a CNN with GeM pooling, "
+             "gem:<timm backbone>[/gem|gem+|regional-gem|scale-gem|superglobal][;checkpoint=PATH]. "
+             "Loaded only when images need it.",
         show_default="the collection's, else ViT-B-32")] = None,
     image_pretrained: Annotated[Optional[str], typer.Option(
         help="open_clip pretrained tag for a built-in model name.",
@@ -158,17 +160,28 @@ def info(
 @app.command(name="eval")
 def evaluate(
     dataset_root: Annotated[Path, typer.Argument(metavar="DATASET", help="The dataset's folder.")],
-    dataset_format: Annotated[str, typer.Option("--format", help="Dataset layout.")] = "beir",
-    split: Annotated[str, typer.Option(help="Which split's judgements to use.")] = "test",
+    dataset_format: Annotated[str, typer.Option(
+        "--format", help="Dataset layout: beir, roxford5k, rparis6k, mmdocir, vidore.")] = "beir",
+    split: Annotated[Optional[str], typer.Option(help="Which split's judgements to use.",
+                                                 show_default="the dataset's own")] = None,
+    option: Annotated[Optional[list[str]], typer.Option(
+        "--option", "-O", help="A loader option as KEY=VALUE, e.g. -O protocol=hard (repeatable).",
+        show_default=False)] = None,
     pipeline: Annotated[str, typer.Option(help="Pipeline YAML file or bundled name.")] = "docqa-text",
     collection_path: Annotated[Optional[Path], typer.Option(
         "--collection", help="Keep the encoded corpus in this collection folder (reused next time).",
         show_default="a temporary folder")] = None,
     text_model: Annotated[Optional[str], typer.Option(help="Text model for the corpus and the queries.",
         show_default="all-MiniLM-L6-v2")] = None,
-    metrics: Annotated[str, typer.Option(help="Comma-separated metrics.")] =
-        "recall@1,recall@5,recall@10,map@10,ndcg@10,mrr",
-    k: Annotated[int, typer.Option("-k", help="Depth of the rankings that are scored.")] = 100,
+    image_model: Annotated[Optional[str], typer.Option(
+        help="Image model for image and page items (see mmrank index --help).",
+        show_default="ViT-B-32")] = None,
+    pages_as_images: Annotated[bool, typer.Option(
+        help="Also embed the pictures of pages that have text.")] = False,
+    metrics: Annotated[Optional[str], typer.Option(help="Comma-separated metrics.",
+        show_default="the dataset's standard ones")] = None,
+    k: Annotated[Optional[int], typer.Option("-k", help="Depth of the rankings that are scored.",
+        show_default="100, or every item for metrics without a cutoff")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     device: DeviceOption = "auto",
 ) -> None:
@@ -177,30 +190,75 @@ def evaluate(
 
     from mmrank.collection import Collection
     from mmrank.datasets import load_dataset
-    from mmrank.encoders import load_text_encoder
-    from mmrank.evaluation import add_dataset_items, evaluate as run_evaluation
+    from mmrank.encoders import load_image_encoder, load_text_encoder
+    from mmrank.evaluation import DEFAULT_METRICS, add_dataset_items, evaluate as run_evaluation
     from mmrank.indexing import ItemEncoder
     from mmrank.pipeline import Pipeline
 
-    dataset = load_dataset(dataset_format, dataset_root, split=split)
-    wanted = [m.strip() for m in metrics.split(",") if m.strip()]
+    options = _key_values(option or [])
+    if split is not None:
+        options["split"] = split
+    dataset = load_dataset(dataset_format, dataset_root, **options)
+    wanted = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else list(
+        dataset.metrics or DEFAULT_METRICS)
+    depth = k or _ranking_depth(wanted, len(dataset.items))
+    text_encoder = load_text_encoder(text_model, device=device) if any(i.has_text for i in dataset.items) else None
+    encoder = ItemEncoder(text_encoder, lambda: load_image_encoder(image_model, device=device),
+                          pages_as_images=pages_as_images)
     with tempfile.TemporaryDirectory(prefix="mmrank-eval-") as scratch:
         folder = collection_path or Path(scratch) / "collection"
         with Collection.open_or_create(folder, device=device) as collection:
-            add_dataset_items(collection, dataset, ItemEncoder(load_text_encoder(text_model, device=device)),
-                              progress=not as_json)
+            add_dataset_items(collection, dataset, encoder, progress=not as_json)
             runner = Pipeline.from_yaml(pipeline, collection)
-            stages = run_evaluation(runner, dataset, wanted, k=k, progress=not as_json)
+            stages = run_evaluation(runner, dataset, wanted, k=depth, progress=not as_json)
     if as_json:
-        typer.echo(json.dumps({"dataset": dataset.name, "split": split, "queries": len(dataset.queries),
+        typer.echo(json.dumps({"dataset": dataset.name, "split": dataset.split, "queries": len(dataset.queries),
                                "stages": [s.__dict__ for s in stages]}, indent=2))
         return
     from mmrank.report import format_table
 
-    typer.echo(f"{dataset.name} ({split}): {len(dataset.queries)} queries, {len(dataset.items)} items")
-    headers = ["stage", *wanted, "ms/query"]
-    rows = [[s.stage, *(f"{s.metrics[m]:.4f}" for m in wanted), f"{s.latency_ms:.1f}"] for s in stages]
-    typer.echo(format_table(headers, rows))
+    typer.echo(f"{dataset.name} ({dataset.split}): {len(dataset.queries)} queries, {len(dataset.items)} items")
+    columns = [name for name in stages[0].metrics if not name.endswith("queries")] if stages else []
+    rows = [[s.stage, *(f"{s.metrics[m]:.4f}" for m in columns), f"{s.latency_ms:.1f}"] for s in stages]
+    typer.echo(format_table(["stage", *columns, "ms/query"], rows))
+
+
+@app.command(name="convert-revisited")
+def convert_revisited(
+    ground_truth: Annotated[Path, typer.Argument(help="gnd_roxford5k.pkl or gnd_rparis6k.pkl, from a source you trust.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the JSON.",
+                                                show_default="the same name with .json")] = None,
+) -> None:
+    """Convert a Revisited Oxford/Paris ground-truth pickle to JSON (read with a restricted
+    unpickler that runs no code); the loader prefers the JSON when both exist."""
+    from mmrank.datasets.revisited import convert_ground_truth
+
+    written = convert_ground_truth(ground_truth, out or ground_truth.with_suffix(".json"))
+    typer.echo(f"Wrote {written}")
+
+
+def _key_values(pairs: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings as a dict; values that read as JSON (numbers, true/false) are parsed."""
+    from mmrank.errors import InputError
+
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--option expects KEY=VALUE, got {pair!r}.")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def _ranking_depth(metrics: list[str], items: int) -> int:
+    """How deep rankings must go for these metrics: every item when one has no cutoff."""
+    cutoffs = [name.partition("@")[2] for name in metrics]
+    if any(not cutoff and not name.startswith("mrr") for name, cutoff in zip(metrics, cutoffs)):
+        return max(1, items)
+    return max([100, *(int(c) for c in cutoffs if c.isdigit())])
 
 
 @app.command()

@@ -298,14 +298,14 @@ class Collection:
 
     def vectors(self, ids: Sequence[str], space: str) -> np.ndarray:
         """Stored vectors of ``ids`` in ``space`` as a (len(ids), dim) float32 matrix."""
-        found, matrix = self._stored_vectors(ids, space)
+        found, matrix = self.stored_vectors(ids, space)
         if len(found) < len(ids):
             present = set(found)
             missing = [i for i in ids if i not in present]
             raise InputError(f"{self.path}: no {space} vectors for {len(missing)} items, e.g. '{missing[0]}'.")
         return matrix
 
-    def _stored_vectors(self, ids: Sequence[str], space: str) -> tuple[list[str], np.ndarray]:
+    def stored_vectors(self, ids: Sequence[str], space: str) -> tuple[list[str], np.ndarray]:
         """The ids among ``ids`` that have a vector in ``space`` (in the given order), and those
         vectors as a float32 matrix."""
         dim = self._space(space).dim
@@ -348,7 +348,7 @@ class Collection:
                 results[row] = list(zip(row_ids, map(float, row_scores)))
         for row, subset in enumerate(among):
             if subset is not None:
-                found, matrix = self._stored_vectors(sorted(subset), space)
+                found, matrix = self.stored_vectors(sorted(subset), space)
                 scores = matrix @ queries[row]
                 best = np.argsort(-scores, kind="stable")[:k]
                 results[row] = [(found[i], float(scores[i])) for i in best]

@@ -58,12 +58,16 @@ def hit_rate_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
     return float(any(item_id in relevant for item_id in _top_k(ranked, k)))
 
 
-def average_precision_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
+def average_precision_at_k(ranked: Sequence[str], relevance: Relevance, k: int | None) -> float:
     """AP@k = (sum of precision@i over the ranks i <= k that hold a relevant item)
     / min(|relevant|, k).
 
     This is the CIRCO normalisation; trec_eval's ``map_cut`` divides by |relevant| instead, which
     differs only when there are more relevant items than ``k``.
+
+    ``k=None`` (metric name ``map``) is plain AP over the whole ranking: the sum of precision at
+    each relevant item's rank / |relevant|, relevant items never retrieved adding 0. This is the
+    trapezoid-free AP; Revisited Oxford/Paris papers report :func:`revisited_average_precision`.
     """
     relevant = _relevant_ids(relevance)
     hits = 0
@@ -72,7 +76,45 @@ def average_precision_at_k(ranked: Sequence[str], relevance: Relevance, k: int) 
         if item_id in relevant:
             hits += 1
             total += hits / rank
-    return total / min(len(relevant), k)
+    return total / (len(relevant) if k is None else min(len(relevant), k))
+
+
+def revisited_average_precision(
+    ranked: Sequence[str], relevance: Relevance, k: int | None = None
+) -> float:
+    """AP as the Revisited Oxford/Paris evaluation computes it (``compute_ap`` in
+    filipradenovic/revisitop ``python/evaluate.py``): the precision-recall curve integrated with
+    trapezoids.
+
+    The j-th retrieved relevant item (j = 0, 1, ...) at 0-based rank r adds
+    ``(j / r + (j + 1) / (r + 1)) / 2 / |relevant|``, with ``j / r`` taken as 1 when r = 0;
+    relevant items never retrieved add 0. Ignored ("junk") items must already be removed from
+    ``ranked`` (``score_judgements`` does). ``k`` cuts the ranking first (metric ``rmap@k``); the
+    denominator stays |relevant|.
+    """
+    relevant = _relevant_ids(relevance)
+    positions = [rank for rank, item_id in enumerate(_top_k(ranked, k)) if item_id in relevant]
+    total = 0.0
+    for found, rank in enumerate(positions):
+        before = 1.0 if rank == 0 else found / rank
+        total += (before + (found + 1) / (rank + 1)) / 2
+    return total / len(relevant)
+
+
+def revisited_precision_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
+    """mP@k of the Revisited Oxford/Paris evaluation (``compute_map`` in revisitop): precision
+    at ``k' = min(k, rank of the last relevant item)``, so a query whose relevant items all sit
+    above rank k is not charged for the slots after them.
+
+    A relevant item missing from ``ranked`` counts as ranked below k (as in the official code,
+    which ranks the whole database, whenever the ranking holds at least k items). Ignored items
+    must already be removed from ``ranked``.
+    """
+    relevant = _relevant_ids(relevance)
+    top = _top_k(ranked, k)
+    hits = [rank for rank, item_id in enumerate(top, start=1) if item_id in relevant]
+    cut = hits[-1] if len(hits) == len(relevant) else k
+    return len(hits) / cut
 
 
 def ndcg_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
@@ -111,19 +153,25 @@ _METRIC_FUNCTIONS: dict[str, Callable[..., float]] = {
     "map": average_precision_at_k,
     "ndcg": ndcg_at_k,
     "mrr": reciprocal_rank,
+    "rmap": revisited_average_precision,
+    "mp": revisited_precision_at_k,
 }
+_CUTOFF_OPTIONAL = frozenset({"map", "rmap", "mrr"})
 _METRIC_NAME = re.compile(r"^(?P<base>[a-z]+)(?:@(?P<k>\d+))?$")
 
 
 def parse_metric(name: str) -> QueryMetric:
-    """Turn a name such as ``recall@10``, ``hit@1``, ``map@5``, ``ndcg@10``, ``mrr`` or ``mrr@10``
-    into a per-query function ``(ranked, relevance) -> float``."""
-    known = "recall@k, hit@k, map@k, ndcg@k, mrr, mrr@k"
+    """Turn a name such as ``recall@10``, ``hit@1``, ``map@5``, ``map``, ``ndcg@10``, ``mrr``,
+    ``mrr@10``, ``rmap`` or ``mp@5`` into a per-query function ``(ranked, relevance) -> float``.
+
+    ``rmap`` and ``mp@k`` are the Revisited Oxford/Paris AP and mP@k
+    (:func:`revisited_average_precision`, :func:`revisited_precision_at_k`)."""
+    known = "recall@k, hit@k, map@k, ndcg@k, mrr, mrr@k, map, rmap, rmap@k, mp@k"
     match = _METRIC_NAME.match(name.strip().lower())
     if match is None or match["base"] not in _METRIC_FUNCTIONS:
         raise InputError(f"Unknown metric {name!r}: expected one of {known}.")
     base, k = match["base"], match["k"]
-    if k is None and base != "mrr":
+    if k is None and base not in _CUTOFF_OPTIONAL:
         raise InputError(f"Metric {name!r} needs a cutoff, e.g. {base}@10 (known: {known}).")
     cutoff = None if k is None else int(k)
     _check_k(cutoff, name=f"The cutoff in {name!r}")

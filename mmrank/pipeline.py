@@ -74,8 +74,17 @@ class Pipeline:
         queries = [Query(text=q) if isinstance(q, str) else q for q in queries]
         rankings = self.retriever.retrieve_batch(queries, self.collection, max(k, self.depth))
         for reranker in self.rerankers:
-            rankings = [reranker.rerank(query, ranking, self.collection) for query, ranking in zip(queries, rankings)]
+            rankings = rerank_all(reranker, queries, rankings, self.collection)
         return [ranking.top(k) for ranking in rankings]
+
+
+def rerank_all(reranker: Reranker, queries: Sequence[Query], rankings: Sequence[Ranking],
+               collection: Collection) -> list[Ranking]:
+    """One reranker over many rankings: in one call when it has ``rerank_batch``."""
+    batched = getattr(reranker, "rerank_batch", None)
+    if batched is not None:
+        return batched(queries, rankings, collection)
+    return [reranker.rerank(query, ranking, collection) for query, ranking in zip(queries, rankings)]
 
 
 def resolve_pipeline_path(path: str | Path) -> Path:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmrank.collection import Collection
+from mmrank.encoders import encodes_text
 from mmrank.errors import InputError
 from mmrank.fusion import FUSION_METHODS, compose_query_vector, fuse_results
 from mmrank.types import Hit, Item, Query, Ranking, StageScore
@@ -62,20 +63,23 @@ class HybridRetriever:
         depth = max(k or 0, self.depth)
         active = [self.active_paths(query, collection) for query in queries]
         results: list[dict[str, list[tuple[str, float]]]] = [{} for _ in queries]
+        vectors: list[dict[str, np.ndarray]] = [{} for _ in queries]
         for path in self.paths:
             chosen = [i for i, paths in enumerate(active) if path in paths]
             if chosen:
-                found = self._search_path(path, [queries[i] for i in chosen], collection, depth)
-                for i, hits in zip(chosen, found):
+                found, searched = self._search_path(path, [queries[i] for i in chosen], collection, depth)
+                for row, (i, hits) in enumerate(zip(chosen, found)):
                     results[i][path] = hits
+                    if searched is not None:
+                        vectors[i][path] = searched[row]
         for query, paths in zip(queries, results):
             if not paths:
                 raise InputError(_nothing_to_search(query, collection))
         fused = [self._fuse(paths)[:depth] for paths in results]
         items = collection.get_many({item_id for ranked in fused for item_id, _ in ranked})
         seconds = (time.perf_counter() - start) / max(1, len(queries))
-        return [_ranking(query, ranked, paths, items, seconds)
-                for query, ranked, paths in zip(queries, fused, results)]
+        return [_ranking(query, ranked, paths, items, seconds, searched)
+                for query, ranked, paths, searched in zip(queries, fused, results, vectors)]
 
     def active_paths(self, query: Query, collection: Collection) -> list[str]:
         """The configured paths this query and collection allow, in configured order."""
@@ -84,7 +88,7 @@ class HybridRetriever:
         usable = {
             "text": "text" in spaces and text is not None,
             "bm25": text is not None and collection.has_text,
-            "image": "image" in spaces,
+            "image": "image" in spaces and (query.image is not None or encodes_text(spaces["image"].encoder)),
         }
         return [path for path in self.paths if usable[path]]
 
@@ -94,26 +98,30 @@ class HybridRetriever:
         return fuse_results(results, self.fusion, self.weights, self.rrf_k)
 
     def _search_path(self, path: str, queries: Sequence[Query], collection: Collection,
-                     depth: int) -> list[list[tuple[str, float]]]:
+                     depth: int) -> tuple[list[list[tuple[str, float]]], np.ndarray | None]:
+        """Each query's hits on one path, and the query vectors it searched with (None for BM25)."""
         texts = [query.search_text for query in queries]
         among = [query.candidates for query in queries]
         if path == "bm25":
-            return collection.search_text(texts, depth, among=among)
+            return collection.search_text(texts, depth, among=among), None
         if path == "text":
             encoder = collection.encoder("text")
             vectors = encoder.encode_texts(texts)
         else:
             encoder = collection.encoder("image")
             vectors = self._image_query_vectors(queries, encoder)
-        return collection.search(path, vectors, depth, encoder=encoder.name, among=among)
+        return collection.search(path, vectors, depth, encoder=encoder.name, among=among), vectors
 
     def _image_query_vectors(self, queries: Sequence[Query], encoder) -> np.ndarray:
         """Rows for the image space: the query image, the query text through the image model's
         text tower, or both fused into a composed query."""
         with_image = [i for i, q in enumerate(queries) if q.image is not None]
-        with_text = [i for i, q in enumerate(queries) if q.search_text is not None]
-        image_vectors = dict(zip(with_image, encoder.encode_images([queries[i].image for i in with_image])))
-        text_vectors = dict(zip(with_text, encoder.encode_texts([queries[i].search_text for i in with_text])))
+        with_text = [i for i, q in enumerate(queries)
+                     if q.search_text is not None and encodes_text(encoder.name)]
+        image_vectors = dict(zip(with_image, encoder.encode_images([queries[i].image for i in with_image])
+                                 if with_image else ()))
+        text_vectors = dict(zip(with_text, encoder.encode_texts([queries[i].search_text for i in with_text])
+                                if with_text else ()))
         rows = []
         for i in range(len(queries)):
             if i in image_vectors and i in text_vectors:
@@ -124,7 +132,7 @@ class HybridRetriever:
 
 
 def _ranking(query: Query, fused: list[tuple[str, float]], results: Mapping[str, list[tuple[str, float]]],
-             items: Mapping[str, Item], seconds: float) -> Ranking:
+             items: Mapping[str, Item], seconds: float, vectors: Mapping[str, np.ndarray]) -> Ranking:
     """Hits in fused order, each with every path's score and rank and the paths that found it."""
     per_path = {path: {item_id: (rank, score) for rank, (item_id, score) in enumerate(hits, start=1)}
                 for path, hits in results.items()}
@@ -135,7 +143,7 @@ def _ranking(query: Query, fused: list[tuple[str, float]], results: Mapping[str,
         stages[STAGE] = StageScore(score=score, rank=rank)
         hits.append(Hit(item=items[item_id], score=score, stages=stages,
                         found_by=tuple(path for path, found in per_path.items() if item_id in found)))
-    return Ranking(query=query, hits=tuple(hits), timings={STAGE: seconds})
+    return Ranking(query=query, hits=tuple(hits), timings={STAGE: seconds}, query_vectors=dict(vectors))
 
 
 def _nothing_to_search(query: Query, collection: Collection) -> str:

@@ -120,11 +120,16 @@ class Hit:
 
 @dataclass(frozen=True)
 class Ranking:
-    """The ordered hits for one query, with the seconds each stage took."""
+    """The ordered hits for one query, with the seconds each stage took.
+
+    ``query_vectors`` holds the vector the first stage searched each space with (so vector
+    rerankers need not encode the query again).
+    """
 
     query: Query
     hits: tuple[Hit, ...]
     timings: Mapping[str, float] = field(default_factory=dict)
+    query_vectors: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.hits)
@@ -165,7 +170,7 @@ class Ranking:
         for rank, (hit, score, note) in enumerate(ordered, start=1):
             stages = {**hit.stages, stage: StageScore(score=score, rank=rank, note=note)}
             hits.append(replace(hit, score=hit.score if score is None else score, stages=stages))
-        return Ranking(query=self.query, hits=tuple(hits), timings={**self.timings, stage: seconds})
+        return replace(self, hits=tuple(hits), timings={**self.timings, stage: seconds})
 
     def to_dicts(self) -> list[dict[str, Any]]:
         return [hit.to_dict(rank) for rank, hit in enumerate(self.hits, start=1)]

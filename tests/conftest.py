@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tiny_mllm import FIXTURE_DIR
 from tiny_models import build_tiny_clip
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -70,3 +71,18 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_mllm_dir() -> Path:
+    """The tiny random-weight Qwen2-VL committed under tests/fixtures (``python tests/tiny_mllm.py``
+    rebuilds it)."""
+    return FIXTURE_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_mllm(tiny_mllm_dir: Path):
+    """The tiny Qwen2-VL as an MLLM backend, on the CPU in float32."""
+    from mmrank.mllm import load_mllm
+
+    return load_mllm(str(tiny_mllm_dir), device="cpu", dtype="float32")

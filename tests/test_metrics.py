@@ -14,7 +14,10 @@ from mmrank.metrics import (
     hit_rate_at_k,
     ndcg_at_k,
     recall_at_k,
+    parse_metric,
     reciprocal_rank,
+    revisited_average_precision,
+    revisited_precision_at_k,
 )
 
 # Shared example: relevant items b (grade 1), d (grade 2) and x (grade 1, never retrieved);
@@ -193,3 +196,118 @@ class TestEvaluateRankings:
     def test_no_query_with_relevant_items_raises(self) -> None:
         with pytest.raises(InputError, match="nothing to evaluate"):
             evaluate_rankings({"q": ["a"]}, {"q": {"a": 0}, "r": {}})
+
+
+# --- plain AP over the whole ranking, and the Revisited Oxford/Paris metrics -------------------
+
+
+def test_map_without_cutoff_is_plain_average_precision() -> None:
+    # b at rank 2 (P = 1/2), d at rank 4 (P = 2/4), x never retrieved (adds 0): (1/2 + 1/2) / 3
+    assert average_precision_at_k(RANKED, RELEVANCE, None) == approx(1 / 3)
+    assert parse_metric("map")(RANKED, RELEVANCE) == approx(1 / 3)
+
+
+def test_map_without_cutoff_divides_by_all_relevant_items() -> None:
+    # 3 relevant, only a and b retrieved, at ranks 1 and 2: (1 + 1) / 3 (map@2 would give 1.0)
+    relevance = {"a": 1, "b": 1, "c": 1}
+    assert parse_metric("map")(["a", "b"], relevance) == approx(2 / 3)
+    assert parse_metric("map@2")(["a", "b"], relevance) == approx(1.0)
+
+
+def test_rmap_integrates_the_precision_recall_curve_with_trapezoids() -> None:
+    # Positives of RELEVANCE: b (0-based rank 1), d (rank 3), x (never retrieved); npos = 3.
+    # j=0, r=1: (0/1 + 1/2) / 2 = 1/4;  j=1, r=3: (1/3 + 2/4) / 2 = 5/12;  x adds 0.
+    # (1/4 + 5/12) / 3 = (8/12) / 3 = 2/9
+    assert revisited_average_precision(RANKED, RELEVANCE) == approx(2 / 9)
+    assert parse_metric("rmap")(RANKED, RELEVANCE) == approx(2 / 9)
+
+
+def test_rmap_takes_precision_before_the_first_rank_as_one() -> None:
+    # p at r=0: (1 + 1/1) / 2 = 1;  q at r=2: (1/2 + 2/3) / 2 = 7/12  ->  (1 + 7/12) / 2 = 19/24
+    # plain AP of the same ranking: (1/1 + 2/3) / 2 = 20/24
+    ranked, relevance = ["p", "n", "q"], {"p": 1, "q": 1}
+    assert revisited_average_precision(ranked, relevance) == approx(19 / 24)
+    assert average_precision_at_k(ranked, relevance, None) == approx(20 / 24)
+
+
+def test_rmap_with_a_cutoff_keeps_all_positives_in_the_denominator() -> None:
+    # rmap@2 of [p, n, q]: only p (r=0) counts: 1 / 2 positives
+    assert parse_metric("rmap@2")(["p", "n", "q"], {"p": 1, "q": 1}) == approx(1 / 2)
+
+
+def test_rmap_counts_a_repeated_positive_once() -> None:
+    # [p, p, q] -> [p, q]: r=0: 1;  r=1: (1/1 + 2/2) / 2 = 1  ->  (1 + 1) / 2 = 1.0
+    assert revisited_average_precision(["p", "p", "q"], {"p": 1, "q": 1}) == approx(1.0)
+
+
+def test_removing_junk_before_scoring_moves_the_positives_up() -> None:
+    # With junk j still in place, positives p, q sit at r=1 and r=3:
+    #   (0/1 + 1/2) / 2 = 1/4;  (1/3 + 2/4) / 2 = 5/12  ->  (1/4 + 5/12) / 2 = 1/3.
+    # With j removed, the ranking is [p, n, q]: 19/24 as above.
+    relevance = {"p": 1, "q": 1}
+    with_junk = ["j", "p", "n", "q"]
+    assert revisited_average_precision(with_junk, relevance) == approx(1 / 3)
+    assert revisited_average_precision([i for i in with_junk if i != "j"], relevance) == approx(19 / 24)
+
+
+@pytest.mark.parametrize(
+    ("k", "expected"),
+    [
+        (1, 0 / 1),  # top-1 = [a]; not every positive in it: divide by k = 1
+        (5, 2 / 5),  # b, d in the top 5, x never retrieved (counts as below 5): 2 / 5
+        (10, 2 / 10),  # x still missing: divide by k = 10
+    ],
+)
+def test_mp_at_k_divides_by_k_while_a_positive_is_below_k(k: int, expected: float) -> None:
+    assert revisited_precision_at_k(RANKED, RELEVANCE, k) == approx(expected)
+    assert parse_metric(f"mp@{k}")(RANKED, RELEVANCE) == approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("k", "expected"),
+    [
+        (1, 0 / 1),  # top-1 = [a]
+        (3, 1 / 3),  # p at 2 is in the top 3, q at 4 is not: 1 / 3
+        (5, 2 / 4),  # both positives by rank 4: precision at rank 4 = 2 / 4 (P@5 would be 2 / 5)
+        (10, 2 / 4),  # same: the slots after the last positive are not charged
+    ],
+)
+def test_mp_at_k_stops_at_the_last_positive(k: int, expected: float) -> None:
+    ranked = ["a", "p", "b", "q", "c", "d"]
+    assert revisited_precision_at_k(ranked, {"p": 1, "q": 1}, k) == approx(expected)
+
+
+def test_revisited_metrics_of_an_empty_ranking_are_zero() -> None:
+    assert revisited_average_precision([], RELEVANCE) == 0.0
+    assert revisited_precision_at_k([], RELEVANCE, 5) == 0.0
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        lambda r, rel: revisited_average_precision(r, rel),
+        lambda r, rel: revisited_precision_at_k(r, rel, 5),
+    ],
+)
+def test_revisited_metrics_without_relevant_items_raise(metric) -> None:
+    with pytest.raises(InputError, match="No relevant item"):
+        metric(["a"], {"a": 0})
+
+
+@pytest.mark.parametrize("name", ["recall", "hit", "ndcg", "mp"])
+def test_metrics_other_than_map_rmap_mrr_still_need_a_cutoff(name: str) -> None:
+    with pytest.raises(InputError, match=rf"Metric '{name}' needs a cutoff, e\.g\. {name}@10"):
+        parse_metric(name)
+
+
+def test_revisited_metrics_average_over_queries() -> None:
+    # q1: rmap 2/9, mp@5 2/5 (above); q2: z first -> rmap (1 + 1) / 2 / 1 = 1, mp@5 1/1 = 1
+    rankings = {"q1": RANKED, "q2": ["z", "a"]}
+    qrels = {"q1": RELEVANCE, "q2": {"z": 1}}
+    result = evaluate_rankings(rankings, qrels, ["rmap", "mp@5", "map"])
+    assert result == {
+        "rmap": approx((2 / 9 + 1) / 2),
+        "mp@5": approx((2 / 5 + 1) / 2),
+        "map": approx((1 / 3 + 1) / 2),
+        "queries": 2,
+    }

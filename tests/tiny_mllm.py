@@ -8,7 +8,12 @@ as a single token.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import Qwen2Tokenizer
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "tiny-qwen2-vl"
 
@@ -17,6 +22,10 @@ QWEN_SPECIAL_TOKENS = [
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
     "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 ]
+
+# Weights drawn wider than transformers' 0.02 so that the random model's answers depend on its
+# input: varied choice probabilities and varied generated text rather than one repeated token.
+INIT_RANGE = 0.3
 
 # Words that must be one token, with and without a leading space, through BPE merges.
 CHOICE_WORDS = ["Yes", "No", "yes", "no", "True", "False", "ranking"]
@@ -57,7 +66,7 @@ _CORPUS = [
 ]
 
 
-def _train_bpe(vocab_size: int = 420):
+def _train_bpe(vocab_size: int = 420) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A byte-level BPE with Qwen's pre-tokenizer, trained on the corpus above."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -76,14 +85,11 @@ def _train_bpe(vocab_size: int = 420):
         show_progress=False,
     )
     tokenizer.train_from_iterator(corpus, trainer)
-    state = tokenizer.model.__getstate__()
-    import json
-
-    model = json.loads(state)
-    return model["vocab"], [tuple(merge) if isinstance(merge, list) else tuple(merge.split(" ")) for merge in model["merges"]]
+    model = json.loads(tokenizer.to_str())["model"]
+    return model["vocab"], [tuple(merge) for merge in model["merges"]]
 
 
-def build_tiny_tokenizer():
+def build_tiny_tokenizer() -> Qwen2Tokenizer:
     """The Qwen2 tokenizer over the tiny BPE, with Qwen's special tokens and the added words."""
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
@@ -101,7 +107,7 @@ def build_tiny_tokenizer():
     return tokenizer
 
 
-def _check_single_tokens(tokenizer) -> None:
+def _check_single_tokens(tokenizer: Qwen2Tokenizer) -> None:
     required = [f"{space}{word}" for word in CHOICE_WORDS for space in ("", " ")] + ADDED_WORDS + SINGLE_BYTES
     split = [word for word in required if len(tokenizer.encode(word, add_special_tokens=False)) != 1]
     if split:
@@ -109,7 +115,10 @@ def _check_single_tokens(tokenizer) -> None:
 
 
 def build_tiny_qwen2_vl(folder: Path, seed: int = 0) -> Path:
-    """Write a tiny Qwen2-VL (seeded random weights, safetensors) and its processor into ``folder``."""
+    """Write a tiny Qwen2-VL and its processor into ``folder`` with save_pretrained.
+
+    The weights are random (seeded) and stored as bfloat16 safetensors, like Qwen's own checkpoints.
+    """
     import torch
     from transformers import (
         Qwen2VLConfig,
@@ -130,14 +139,22 @@ def build_tiny_qwen2_vl(folder: Path, seed: int = 0) -> Path:
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
             "max_position_embeddings": 4096,
+            "initializer_range": INIT_RANGE,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
         },
         vision_config={
-            "depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2,
-            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": 64,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "initializer_range": INIT_RANGE,
         },
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
@@ -147,7 +164,7 @@ def build_tiny_qwen2_vl(folder: Path, seed: int = 0) -> Path:
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2VLForConditionalGeneration(config).eval()
+        model = Qwen2VLForConditionalGeneration(config).to(torch.bfloat16).eval()
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=28 * 28 * 16)
@@ -162,6 +179,23 @@ def build_tiny_qwen2_vl(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def sample_conversations(count: int, seed: int = 0) -> list[list[dict[str, Any]]]:
+    """``count`` user turns of varied shapes: noise images of different sizes (every third turn has
+    none) and questions of different lengths."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    conversations = []
+    for index in range(count):
+        height, width = int(rng.integers(28, 160)), int(rng.integers(28, 160))
+        question = {"type": "text", "text": "Question: is there a cat?" + " Or a dog, a tree?" * index}
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        content = [question] if index % 3 == 2 else [{"type": "image", "image": image}, question]
+        conversations.append([{"role": "user", "content": content}])
+    return conversations
 
 
 if __name__ == "__main__":

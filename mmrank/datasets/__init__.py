@@ -19,6 +19,10 @@ __all__ = ["RetrievalDataset", "load_dataset", "known_kinds"]
 # kind -> (module, function); modules are imported lazily by load_dataset.
 _LOADERS: dict[str, tuple[str, str]] = {
     "beir": ("mmrank.datasets.beir", "load_beir"),
+    "mmdocir": ("mmrank.datasets.mmdocir", "load_mmdocir"),
+    "vidore": ("mmrank.datasets.vidore", "load_vidore"),
+    "roxford5k": ("mmrank.datasets.revisited", "load_roxford5k"),
+    "rparis6k": ("mmrank.datasets.revisited", "load_rparis6k"),
 }
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from mmrank.datasets._lines import json_objects, numbered_lines
 from mmrank.datasets.base import RetrievalDataset
 from mmrank.errors import InputError
 from mmrank.types import Item, Query
@@ -53,29 +53,10 @@ def _check_layout(root: Path, split: str) -> tuple[Path, Path, Path]:
     return paths
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield (1-based line number, line) for the non-blank lines of a UTF-8 file, streaming."""
-    with path.open("rb") as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as error:
-                raise InputError(f"{path}:{lineno}: not valid UTF-8 ({error.reason}).") from None
-            if line.strip():
-                yield lineno, line.rstrip("\r\n")
-
-
 def _read_jsonl(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
     """Yield (line number, _id, record) for each JSON object, rejecting duplicate ids."""
     seen: dict[str, int] = {}
-    for lineno, line in _lines(path):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InputError(f"{path}:{lineno}: not valid JSON ({error.msg}).") from None
-        if not isinstance(record, dict):
-            kind = type(record).__name__
-            raise InputError(f"{path}:{lineno}: expected a JSON object, got {kind}.")
+    for lineno, record in json_objects(path):
         record_id = record.get("_id")
         if isinstance(record_id, bool) or not isinstance(record_id, (str, int)) or record_id == "":
             raise InputError(
@@ -125,7 +106,7 @@ def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
     """Read ``query-id <TAB> corpus-id <TAB> score`` rows; the first line is taken as the header
     unless it is itself a valid row."""
     qrels: dict[str, dict[str, int]] = {}
-    for index, (lineno, line) in enumerate(_lines(path)):
+    for index, (lineno, line) in enumerate(numbered_lines(path)):
         try:
             query_id, item_id, score = _qrels_row(line)
         except ValueError as error:

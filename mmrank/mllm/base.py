@@ -73,15 +73,23 @@ class VisionLanguageModel(Protocol):
 def check_conversations(conversations: Sequence[Conversation]) -> list[Conversation]:
     """The conversations as a list; InputError for a single conversation or malformed messages."""
     if isinstance(conversations, (str, dict)) or (conversations and isinstance(conversations[0], dict)):
-        raise InputError("Expected a list of conversations (each a list of messages); got a single conversation.")
+        raise InputError("Expected a list of conversations (lists of messages); got a single conversation.")
     for index, conversation in enumerate(conversations):
         if not conversation or not all(
-            isinstance(message, dict) and "role" in message and "content" in message for message in conversation
+            isinstance(message, dict) and {"role", "content"} <= message.keys() for message in conversation
         ):
             raise InputError(
                 f"Conversation {index} is not a non-empty list of messages with 'role' and 'content'."
             )
     return list(conversations)
+
+
+def check_generation_options(max_new_tokens: int, temperature: float) -> None:
+    """InputError unless at least one new token is asked for at a non-negative temperature."""
+    if max_new_tokens < 1 or temperature < 0:
+        raise InputError(
+            f"Need max_new_tokens >= 1 and temperature >= 0; got {max_new_tokens} and {temperature}."
+        )
 
 
 def choice_variants(choices: Sequence[str]) -> list[tuple[str, str]]:

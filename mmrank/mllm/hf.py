@@ -1,10 +1,12 @@
 """Qwen-VL models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) through Hugging Face transformers.
 
 Images go through qwen-vl-utils (``process_vision_info``), which resizes each one to a multiple of
-the model's patch grid within ``min_pixels``/``max_pixels``; the processor then only normalises
-and patchifies them. Batches are left-padded so every row's next token is read at the last
-position, and the 3-D rope positions are computed from the attention mask, so a conversation
-scores the same alone and in any batch.
+the model's patch grid within ``min_pixels``/``max_pixels`` (the patch size comes from the
+processor: 14 pixels for Qwen2/2.5-VL, 16 for Qwen3-VL); the processor then only normalises and
+patchifies them. Batches are left-padded and each row's next token is read at the last position.
+Rope positions skip the padding (the model derives the 3-D positions of batches with images from
+the attention mask; text-only batches get positions counted from each row's first token), so a
+conversation scores the same alone and in any batch.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ import numpy as np
 
 from mmrank.encoders.base import resolve_device
 from mmrank.errors import InputError, MissingDependencyError, ModelUnavailableError
+from mmrank.images import open_rgb
+from mmrank.mllm import DEFAULT_MLLM
 from mmrank.mllm.base import (
     Conversation,
     Generation,
     Usage,
     check_conversations,
+    check_generation_options,
     choice_variants,
     softmax_rows,
 )
@@ -43,7 +48,7 @@ class HFVisionLanguageModel:
 
     def __init__(
         self,
-        model: str,
+        model: str = DEFAULT_MLLM,
         *,
         device: str | None = "auto",
         dtype: str = "auto",
@@ -59,9 +64,12 @@ class HFVisionLanguageModel:
             raise InputError(f"dtype must be 'auto' or one of {', '.join(_DTYPES)}; got {dtype!r}.")
         self.model_name = model
         self.source = _local_folder(model) or model
+        self._is_local = Path(self.source).is_absolute()
         self.name = f"hf:{self.source}"
         self.device = resolve_device(device)
-        self.dtype = dtype if dtype != "auto" else ("bfloat16" if self.device.startswith("cuda") else "float32")
+        if dtype == "auto":
+            dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
+        self.dtype = dtype
         self.attn_implementation = attn_implementation or _default_attention(self.device)
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
@@ -81,7 +89,7 @@ class HFVisionLanguageModel:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        if self.source.startswith("/") and not Path(self.source).is_dir():
+        if self._is_local and not Path(self.source).is_dir():
             raise self._unavailable("the folder does not exist")
         try:
             model = AutoModelForImageTextToText.from_pretrained(
@@ -93,18 +101,18 @@ class HFVisionLanguageModel:
             processor = AutoProcessor.from_pretrained(self.source, trust_remote_code=self.trust_remote_code)
         except (OSError, ValueError, KeyError) as exc:
             raise self._unavailable(_first_line(exc)) from exc
-        if getattr(processor, "image_processor", None) is None or not getattr(processor, "chat_template", None):
+        if not (getattr(processor, "image_processor", None) and getattr(processor, "chat_template", None)):
             raise self._unavailable("its processor has no image processor or no chat template")
         processor.tokenizer.padding_side = "left"
         return model.to(self.device).eval(), processor
 
     def _unavailable(self, reason: str) -> ModelUnavailableError:
-        if self.source.startswith("/"):
+        if self._is_local:
             where = f"the folder {self.source}"
             how = (
-                "give a folder that holds the model as saved by save_pretrained (config.json, the "
-                "*.safetensors weights, the tokenizer and processor files and the chat template), "
-                "e.g. a snapshot from the Hugging Face Hub"
+                "Give a folder that holds a Qwen-VL model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) as saved "
+                "by save_pretrained: config.json, the *.safetensors weights, the tokenizer and "
+                "processor files and the chat template, e.g. a snapshot from the Hugging Face Hub"
             )
         else:
             from huggingface_hub import constants
@@ -112,13 +120,14 @@ class HFVisionLanguageModel:
             offline = " with HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else ""
             where = f"the Hugging Face cache {constants.HF_HUB_CACHE}{offline}"
             how = (
-                f"run `hf download {self.source}` (or `huggingface-cli download {self.source}`) on a "
+                f"To use it offline, run `hf download {self.source}` (or `huggingface-cli download "
+                f"{self.source}`) on a "
                 "machine with network access, copy the cache over and point HF_HOME at it (and set "
                 "HF_HUB_OFFLINE=1); or pass the path of a local folder holding the model"
             )
         return ModelUnavailableError(
             f"Vision-language model {self.model_name!r} is not available: {reason.rstrip('.')}. "
-            f"Looked in {where}. To use it offline, {how}."
+            f"Looked in {where}. {how}."
         )
 
     # ------------------------------------------------------------------ scoring
@@ -157,10 +166,10 @@ class HFVisionLanguageModel:
             tokenizer = self._processor.tokenizer
             resolved = []
             for variants in choice_variants(choices):
-                encoded = {variant: tokenizer.encode(variant, add_special_tokens=False) for variant in variants}
+                encoded = {text: tokenizer.encode(text, add_special_tokens=False) for text in variants}
                 ids = sorted({pieces[0] for pieces in encoded.values() if len(pieces) == 1})
                 if not ids:
-                    pieces = {variant: tokenizer.convert_ids_to_tokens(ids) for variant, ids in encoded.items()}
+                    pieces = {text: tokenizer.convert_ids_to_tokens(found) for text, found in encoded.items()}
                     raise InputError(
                         f"The choice {variants[0]!r} is not a single token for {self.name}: it splits into "
                         f"{pieces}. Choose words that the model's tokenizer keeps whole."
@@ -183,9 +192,10 @@ class HFVisionLanguageModel:
         import torch
 
         conversations = check_conversations(conversations)
-        if max_new_tokens < 1 or temperature < 0:
-            raise InputError(f"Need max_new_tokens >= 1 and temperature >= 0; got {max_new_tokens}, {temperature}.")
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        check_generation_options(max_new_tokens, temperature)
+        sampling: dict[str, Any] = {"do_sample": temperature > 0}
+        if temperature > 0:
+            sampling["temperature"] = temperature
         stop_ids = self._stop_ids()
         self.usage.calls += 1
         results = []
@@ -196,7 +206,7 @@ class HFVisionLanguageModel:
             new_tokens = output[:, inputs["input_ids"].shape[1]:].cpu()
             texts = self._processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
-            for text, prompt_length, tokens in zip(texts, prompt_lengths, new_tokens.tolist()):
+            for text, prompt_length, tokens in zip(texts, prompt_lengths, new_tokens.tolist(), strict=True):
                 results.append(Generation(text, int(prompt_length), _generated_length(tokens, stop_ids)))
             self.usage.forward_passes += new_tokens.shape[1]
         self.usage.input_tokens += sum(result.input_tokens for result in results)
@@ -218,8 +228,9 @@ class HFVisionLanguageModel:
         ]
         try:
             images, _ = self._process_vision_info(messages, image_patch_size=self._patch_size)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"Cannot read an image of the conversations: {exc}") from exc
+        except ValueError as exc:  # e.g. an aspect ratio beyond 200:1
+            raise InputError(f"Cannot prepare the images for {self.name}: {exc}") from exc
+        # The images are already sized by qwen-vl-utils: the processor must not resize them again.
         inputs = self._processor(
             text=prompts, images=images, padding=True, do_resize=False, return_tensors="pt"
         )
@@ -227,8 +238,8 @@ class HFVisionLanguageModel:
 
     def _with_pixel_bounds(self, conversation: Conversation) -> Conversation:
         """A copy whose image parts carry this model's pixel bounds (unless they set their own)."""
-        bounds = {key: value for key, value in (("min_pixels", self.min_pixels), ("max_pixels", self.max_pixels))
-                  if value is not None}
+        bounds = {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
+        bounds = {key: value for key, value in bounds.items() if value is not None}
         copied = []
         for message in conversation:
             content = message["content"]
@@ -243,12 +254,10 @@ def _is_image(part: Any) -> bool:
 
 
 def _image_part(part: dict[str, Any], bounds: dict[str, int]) -> dict[str, Any]:
-    image = part.get("image")
-    if image is None:
+    """The part with its image opened in RGB (InputError naming an unreadable path) and bounds set."""
+    if part.get("image") is None:
         raise InputError(f"An image part has no 'image' (a PIL image or a path): {part!r}.")
-    if isinstance(image, Path):
-        image = str(image)
-    return {**bounds, **part, "type": "image", "image": image}
+    return {**bounds, **part, "type": "image", "image": open_rgb(part["image"])}
 
 
 def _text_positions(attention_mask: Any) -> Any:

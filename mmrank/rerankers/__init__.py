@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from importlib import import_module
 from typing import Any
@@ -10,7 +11,11 @@ from mmrank.errors import InputError
 from mmrank.rerankers.base import Reranker
 
 # type name -> "module:Class"; modules are imported only when a pipeline asks for them.
-RERANKERS: dict[str, str] = {}
+RERANKERS: dict[str, str] = {
+    "superglobal": "mmrank.rerankers.superglobal:SuperGlobalReranker",
+    "alpha-qe": "mmrank.rerankers.expansion:AlphaQueryExpansion",
+    "alpha-dba": "mmrank.rerankers.expansion:AlphaDatabaseAugmentation",
+}
 
 
 def create_reranker(config: Mapping[str, Any]) -> Reranker:
@@ -21,7 +26,12 @@ def create_reranker(config: Mapping[str, Any]) -> Reranker:
         known = ", ".join(sorted(RERANKERS)) or "none in this version"
         raise InputError(f"Unknown reranker type {kind!r}; known types: {known}.")
     module, _, class_name = RERANKERS[kind].partition(":")
-    return getattr(import_module(module), class_name)(**options)
+    reranker_class = getattr(import_module(module), class_name)
+    try:
+        inspect.signature(reranker_class).bind(**options)
+    except TypeError as error:
+        raise InputError(f"Bad options for reranker type {kind!r}: {error}.") from None
+    return reranker_class(**options)
 
 
 __all__ = ["RERANKERS", "Reranker", "create_reranker"]

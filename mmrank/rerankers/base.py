@@ -16,6 +16,8 @@ class Reranker(Protocol):
     A reranker reads what it needs (vectors, page images, texts) from the collection by item id,
     records its score and rank on every hit under its ``name`` (see ``Ranking.with_stage``), and
     when it cannot score a candidate keeps the incoming order for it and says so in the note.
+    A reranker may also offer ``rerank_batch(queries, rankings, collection)`` to handle many
+    queries in one call; pipelines use it when present.
     """
 
     name: str
