@@ -24,6 +24,13 @@ app = typer.Typer(
 )
 
 DeviceOption = Annotated[str, typer.Option(help="Where models run: auto (a GPU if present), cpu, cuda, cuda:1 ...")]
+MLLMOption = Annotated[Optional[str], typer.Option(
+    "--mllm", help="Vision-language model for the pipeline's MLLM rerankers: a Hugging Face id or a local "
+                   "model folder (with --mllm-url: the model name the server serves).",
+    show_default="the pipeline's")]
+MLLMUrlOption = Annotated[Optional[str], typer.Option(
+    "--mllm-url", help="An OpenAI-compatible server (vLLM, SGLang) to run the MLLM rerankers, e.g. "
+                       "http://localhost:8000.", show_default=False)]
 
 
 @app.command()
@@ -107,19 +114,20 @@ def search(
         help="Pipeline YAML file, or the name of a bundled one (e.g. docqa-text).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of hits.")] = False,
     report: Annotated[Optional[Path], typer.Option(help="Also write an HTML page of the results.")] = None,
+    mllm: MLLMOption = None,
+    mllm_url: MLLMUrlOption = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Search a collection with text, an image, or both."""
     from mmrank.collection import Collection
     from mmrank.errors import InputError
-    from mmrank.pipeline import Pipeline
     from mmrank.types import Query
 
     if image is not None and not image.is_file():
         raise InputError(f"{image}: no such image file.")
     query = Query(text=text, image=image)
     collection = Collection.open(collection_path, device=device)
-    runner = Pipeline.from_yaml(pipeline, collection) if pipeline else Pipeline(collection)
+    runner = _pipeline(pipeline, collection, mllm, mllm_url)
     ranking = runner.search(query, k)
     if as_json:
         typer.echo(json.dumps(ranking.to_dicts(), indent=2))
@@ -183,6 +191,8 @@ def evaluate(
     k: Annotated[Optional[int], typer.Option("-k", help="Depth of the rankings that are scored.",
         show_default="100, or every item for metrics without a cutoff")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    mllm: MLLMOption = None,
+    mllm_url: MLLMUrlOption = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Evaluate a pipeline on a dataset: metrics and latency after every stage."""
@@ -193,7 +203,6 @@ def evaluate(
     from mmrank.encoders import load_image_encoder, load_text_encoder
     from mmrank.evaluation import DEFAULT_METRICS, add_dataset_items, evaluate as run_evaluation
     from mmrank.indexing import ItemEncoder
-    from mmrank.pipeline import Pipeline
 
     options = _key_values(option or [])
     if split is not None:
@@ -209,7 +218,7 @@ def evaluate(
         folder = collection_path or Path(scratch) / "collection"
         with Collection.open_or_create(folder, device=device) as collection:
             add_dataset_items(collection, dataset, encoder, progress=not as_json)
-            runner = Pipeline.from_yaml(pipeline, collection)
+            runner = _pipeline(pipeline, collection, mllm, mllm_url)
             stages = run_evaluation(runner, dataset, wanted, k=depth, progress=not as_json)
     if as_json:
         typer.echo(json.dumps({"dataset": dataset.name, "split": dataset.split, "queries": len(dataset.queries),
@@ -235,6 +244,19 @@ def convert_revisited(
 
     written = convert_ground_truth(ground_truth, out or ground_truth.with_suffix(".json"))
     typer.echo(f"Wrote {written}")
+
+
+def _pipeline(name: str | None, collection, mllm: str | None, mllm_url: str | None):
+    """The named pipeline (the default one when None) with its MLLM rerankers' model replaced;
+    --mllm / --mllm-url on a pipeline without an MLLM reranker are an error, not silently ignored."""
+    from mmrank.errors import InputError
+    from mmrank.pipeline import Pipeline
+
+    runner = Pipeline.from_yaml(name, collection, mllm=mllm, mllm_url=mllm_url) if name else Pipeline(collection)
+    if (mllm or mllm_url) and not any(getattr(r, "uses_mllm", False) for r in runner.rerankers):
+        raise InputError(f"--mllm/--mllm-url need a pipeline with an MLLM reranker (e.g. --pipeline "
+                         f"docqa-ragllava or docqa-mmr5); {name or 'the default pipeline'} has none.")
+    return runner
 
 
 def _key_values(pairs: list[str]) -> dict[str, object]:

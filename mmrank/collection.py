@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import sqlite3
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmrank.errors import CollectionError, EncoderMismatchError, InputError
+from mmrank.files import write_json_atomic
 from mmrank.types import Item
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ class Collection:
         database = sqlite3.connect(path / DATABASE)
         database.executescript(_SCHEMA)
         database.close()
-        _write_json_atomic(path / MANIFEST, manifest)
+        write_json_atomic(path / MANIFEST, manifest, indent=2, sort_keys=True)
         return cls(path, manifest, device)
 
     @classmethod
@@ -533,7 +533,7 @@ class Collection:
 
     def _write_manifest(self) -> None:
         self._manifest["updated"] = _now()
-        _write_json_atomic(self.path / MANIFEST, self._manifest)
+        write_json_atomic(self.path / MANIFEST, self._manifest, indent=2, sort_keys=True)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -552,19 +552,6 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         if key not in manifest:
             raise CollectionError(f"{path}: corrupted manifest, '{key}' is missing.")
     return manifest
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=2, sort_keys=True)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _item_from_row(row: tuple) -> Item:

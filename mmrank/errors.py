@@ -25,3 +25,9 @@ class ModelUnavailableError(MMRankError):
 
 class MissingDependencyError(MMRankError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+def listing(values: list, limit: int = 5, *, quote: bool = True) -> str:
+    """The first ``limit`` values for an error message, e.g. ``'a', 'b' and 3 more``."""
+    shown = ", ".join(repr(v) if quote else str(v) for v in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")

@@ -28,8 +28,10 @@ class Pipeline:
     name: str = "pipeline"
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], collection: Collection, source: str = "config") -> Pipeline:
-        """Build from a mapping with ``retriever`` options and a ``rerankers`` list of ``{type, ...}``."""
+    def from_config(cls, config: Mapping[str, Any], collection: Collection, source: str = "config", *,
+                    mllm: str | None = None, mllm_url: str | None = None) -> Pipeline:
+        """Build from a mapping with ``retriever`` options and a ``rerankers`` list of ``{type, ...}``;
+        ``mllm`` / ``mllm_url`` replace the model / server of every MLLM reranker."""
         if not isinstance(config, Mapping):
             raise InputError(f"{source}: a pipeline must be a mapping with 'retriever' and 'rerankers'.")
         unknown = set(config) - _KEYS
@@ -42,14 +44,17 @@ class Pipeline:
             raise InputError(f"{source}: unknown retriever options {sorted(bad)}; allowed: {sorted(allowed)}.")
         try:
             retriever = HybridRetriever(**retriever_options)
-            rerankers = [create_reranker(options) for options in config.get("rerankers") or []]
+            rerankers = [create_reranker(options, mllm=mllm, mllm_url=mllm_url)
+                         for options in config.get("rerankers") or []]
         except InputError as error:
             raise InputError(f"{source}: {error}") from error
         return cls(collection, retriever, rerankers, name=str(config.get("name", Path(source).stem)))
 
     @classmethod
-    def from_yaml(cls, path: str | Path, collection: Collection) -> Pipeline:
-        """Load a pipeline file; a bare name such as ``docqa-text`` means ``pipelines/docqa-text.yaml``."""
+    def from_yaml(cls, path: str | Path, collection: Collection, *, mllm: str | None = None,
+                  mllm_url: str | None = None) -> Pipeline:
+        """Load a pipeline file; a bare name such as ``docqa-text`` means ``pipelines/docqa-text.yaml``.
+        ``mllm`` / ``mllm_url`` as in :meth:`from_config`."""
         import yaml
 
         resolved = resolve_pipeline_path(path)
@@ -57,7 +62,7 @@ class Pipeline:
             config = yaml.safe_load(resolved.read_text(encoding="utf-8"))
         except yaml.YAMLError as error:
             raise InputError(f"{resolved}: not valid YAML ({error}).") from error
-        return cls.from_config(config or {}, collection, source=str(resolved))
+        return cls.from_config(config or {}, collection, source=str(resolved), mllm=mllm, mllm_url=mllm_url)
 
     @property
     def depth(self) -> int:

@@ -123,13 +123,15 @@ class Ranking:
     """The ordered hits for one query, with the seconds each stage took.
 
     ``query_vectors`` holds the vector the first stage searched each space with (so vector
-    rerankers need not encode the query again).
+    rerankers need not encode the query again); ``explanations`` holds, per stage, what a model
+    said while ranking (e.g. a reasoning reranker's thinking, one text per window).
     """
 
     query: Query
     hits: tuple[Hit, ...]
     timings: Mapping[str, float] = field(default_factory=dict)
     query_vectors: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    explanations: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.hits)
@@ -161,16 +163,20 @@ class Ranking:
         stage: str,
         ordered: Iterable[tuple[Hit, float | None, str | None]],
         seconds: float,
+        explanations: Iterable[str] = (),
     ) -> Ranking:
         """A new ranking in the given order, each hit carrying this stage's score and note.
 
         ``ordered`` yields ``(hit, score, note)``; a None score keeps the hit's previous score.
+        ``explanations`` are kept under the stage's name (see the class docstring).
         """
         hits = []
         for rank, (hit, score, note) in enumerate(ordered, start=1):
             stages = {**hit.stages, stage: StageScore(score=score, rank=rank, note=note)}
             hits.append(replace(hit, score=hit.score if score is None else score, stages=stages))
-        return replace(self, hits=tuple(hits), timings={**self.timings, stage: seconds})
+        explained = tuple(explanations)
+        return replace(self, hits=tuple(hits), timings={**self.timings, stage: seconds},
+                       explanations={**self.explanations, stage: explained} if explained else self.explanations)
 
     def to_dicts(self) -> list[dict[str, Any]]:
         return [hit.to_dict(rank) for rank, hit in enumerate(self.hits, start=1)]

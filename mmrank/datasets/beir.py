@@ -8,7 +8,7 @@ from typing import Any
 
 from mmrank.datasets._lines import json_objects, numbered_lines
 from mmrank.datasets.base import RetrievalDataset
-from mmrank.errors import InputError
+from mmrank.errors import InputError, listing
 from mmrank.types import Item, Query
 
 LAYOUT = (
@@ -16,7 +16,6 @@ LAYOUT = (
     "queries.jsonl (_id, text) and qrels/<split>.tsv (query-id, corpus-id, score; tab-separated, "
     "with a header line)"
 )
-_MAX_NAMED = 5
 
 
 def load_beir(root: str | Path, split: str = "test") -> RetrievalDataset:
@@ -145,9 +144,7 @@ def _check_references(
 ) -> None:
     unknown = [ref for ref in referenced if ref not in known]
     if unknown:
-        named = ", ".join(repr(ref) for ref in unknown[:_MAX_NAMED])
-        more = f" and {len(unknown) - _MAX_NAMED} more" if len(unknown) > _MAX_NAMED else ""
         raise InputError(
             f"{qrels_path} references {len(unknown)} {what} id(s) missing from {source.name}: "
-            f"{named}{more}."
+            f"{listing(unknown)}."
         )

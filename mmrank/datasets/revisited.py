@@ -14,9 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import pickle
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -26,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmrank.datasets.base import Judgements, RetrievalDataset
-from mmrank.errors import InputError
+from mmrank.errors import InputError, listing
+from mmrank.files import write_json_atomic
 from mmrank.types import Item, Query
 
 if TYPE_CHECKING:
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 NAMES = ("roxford5k", "rparis6k")
 PROTOCOLS = ("easy", "medium", "hard")
 METRICS = ("rmap", "mp@1", "mp@5", "mp@10")
-_MAX_NAMED = 5
 _INDEX_KEYS = ("easy", "hard", "junk")
 
 # What a ground-truth pickle may reference: numpy array reconstruction (under numpy 1 and numpy 2
@@ -149,16 +147,7 @@ def convert_ground_truth(pkl_path: str | Path, json_path: str | Path) -> Path:
     JSON path. The loader prefers ``gnd_<name>.json`` over the pickle when both are present."""
     truth = read_ground_truth(Path(pkl_path))
     json_path = Path(json_path)
-    handle, temporary = tempfile.mkstemp(dir=json_path.parent, prefix=f".{json_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(truth.to_json(), file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, json_path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_json_atomic(json_path, truth.to_json())
     return json_path
 
 
@@ -350,10 +339,8 @@ def _check_images(images: Path, truth: GroundTruth, truth_path: Path) -> None:
     names = [*truth.imlist, *truth.qimlist]
     missing = [f"{name}.jpg" for name in names if not (images / f"{name}.jpg").is_file()]
     if missing:
-        shown = ", ".join(missing[:_MAX_NAMED])
-        more = f" and {len(missing) - _MAX_NAMED} more" if len(missing) > _MAX_NAMED else ""
         raise InputError(f"{images}: {len(missing)} of the {len(names)} images listed in "
-                         f"{truth_path.name} are missing: {shown}{more}.")
+                         f"{truth_path.name} are missing: {listing(missing, quote=False)}.")
 
 
 def _distractor_items(folder: Path, taken: set[str]) -> list[Item]:

@@ -26,7 +26,7 @@ from mmrank.datasets._parquet import (
     split_files,
 )
 from mmrank.datasets.base import Qrels, RetrievalDataset
-from mmrank.errors import InputError
+from mmrank.errors import InputError, listing
 from mmrank.types import Item, Query
 
 FORMATS = {
@@ -45,7 +45,6 @@ METRICS = {
 }
 CONFIGS = ("corpus", "queries", "qrels")
 _ID_COLUMNS = {"beir": ("corpus-id", "query-id"), "v3": ("corpus_id", "query_id")}
-_MAX_NAMED = 5
 
 
 def load_vidore(
@@ -267,11 +266,9 @@ def _check_known(qrels_files: Sequence[Path], column: str, referenced: Iterable[
                  known: set[str], config: str) -> None:
     unknown = list(dict.fromkeys(ref for ref in referenced if ref not in known))
     if unknown:
-        named = ", ".join(repr(ref) for ref in unknown[:_MAX_NAMED])
-        more = f" and {len(unknown) - _MAX_NAMED} more" if len(unknown) > _MAX_NAMED else ""
         raise InputError(
             f"{_describe(qrels_files)}: {len(unknown)} {column} value(s) missing from the "
-            f"{config} config: {named}{more}."
+            f"{config} config: {listing(unknown)}."
         )
 
 

@@ -43,6 +43,18 @@ def load_mllm(model: str | None = None, *, url: str | None = None, **options: An
     return HFVisionLanguageModel(model or DEFAULT_MLLM, **options)
 
 
+_SHARED: dict[tuple, VisionLanguageModel] = {}
+
+
+def shared_mllm(model: str | None = None, *, url: str | None = None, **options: Any) -> VisionLanguageModel:
+    """Like :func:`load_mllm`, but one instance per distinct (model, url, options) per process, so
+    that every stage of a pipeline asking for the same model shares its weights."""
+    key = (model, url, tuple(sorted((name, repr(value)) for name, value in options.items())))
+    if key not in _SHARED:
+        _SHARED[key] = load_mllm(model, url=url, **options)
+    return _SHARED[key]
+
+
 __all__ = [
     "DEFAULT_MLLM",
     "Conversation",
@@ -52,4 +64,5 @@ __all__ = [
     "Usage",
     "VisionLanguageModel",
     "load_mllm",
+    "shared_mllm",
 ]

@@ -15,11 +15,14 @@ RERANKERS: dict[str, str] = {
     "superglobal": "mmrank.rerankers.superglobal:SuperGlobalReranker",
     "alpha-qe": "mmrank.rerankers.expansion:AlphaQueryExpansion",
     "alpha-dba": "mmrank.rerankers.expansion:AlphaDatabaseAugmentation",
+    "pointwise": "mmrank.rerankers.pointwise:PointwiseReranker",
+    "reasoning": "mmrank.rerankers.reasoning:ReasoningReranker",
 }
 
 
-def create_reranker(config: Mapping[str, Any]) -> Reranker:
-    """Build a reranker from ``{"type": name, **options}``."""
+def create_reranker(config: Mapping[str, Any], *, mllm: str | None = None, mllm_url: str | None = None) -> Reranker:
+    """Build a reranker from ``{"type": name, **options}``. ``mllm`` / ``mllm_url``, when given,
+    replace the model (and server) of rerankers that ask a vision-language model."""
     options = dict(config)
     kind = options.pop("type", None)
     if kind not in RERANKERS:
@@ -27,6 +30,11 @@ def create_reranker(config: Mapping[str, Any]) -> Reranker:
         raise InputError(f"Unknown reranker type {kind!r}; known types: {known}.")
     module, _, class_name = RERANKERS[kind].partition(":")
     reranker_class = getattr(import_module(module), class_name)
+    if getattr(reranker_class, "uses_mllm", False):
+        if mllm is not None:
+            options["model"] = mllm
+        if mllm_url is not None:
+            options["url"] = mllm_url
     try:
         inspect.signature(reranker_class).bind(**options)
     except TypeError as error:

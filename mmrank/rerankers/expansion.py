@@ -11,6 +11,7 @@ cost what SuperGlobal costs and compose with any first stage:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -82,27 +83,36 @@ def _augment_database(queries, vectors, n: int, alpha: float):
     return queries, _normalise(weighted_neighbour_sum(vectors, neighbours, weights))
 
 
-class AlphaQueryExpansion(VectorReranker):
+class _AlphaReranker(VectorReranker):
+    """Rescoring the top ``depth`` hits from stored vectors with one of the transforms above
+    (each subclass sets ``transform``)."""
+
+    transform: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+    def __init__(self, n: int, alpha: float, depth: int, space: str, name: str, device: str) -> None:
+        _check(n, alpha)
+        super().__init__(depth=depth, space=space, name=name, device=device)
+        self.n, self.alpha = n, alpha
+
+    def rerank_tensors(self, queries, database, ranks):
+        return _rescore(queries, database, ranks, self.transform, self.n, self.alpha)
+
+
+class AlphaQueryExpansion(_AlphaReranker):
     """alpha-QE over the top ``n`` hits, rescoring the top ``depth`` hits from stored vectors."""
+
+    transform = staticmethod(_expand_queries)
 
     def __init__(self, n: int = 2, alpha: float = 3.0, *, depth: int = 100, space: str = "image",
                  name: str = "alpha-qe", device: str = "auto") -> None:
-        _check(n, alpha)
-        super().__init__(depth=depth, space=space, name=name, device=device)
-        self.n, self.alpha = n, alpha
-
-    def rerank_tensors(self, queries, database, ranks):
-        return _rescore(queries, database, ranks, _expand_queries, self.n, self.alpha)
+        super().__init__(n, alpha, depth, space, name, device)
 
 
-class AlphaDatabaseAugmentation(VectorReranker):
+class AlphaDatabaseAugmentation(_AlphaReranker):
     """alpha-DBA among the top ``depth`` hits (each augmented by its ``n`` nearest, itself first)."""
+
+    transform = staticmethod(_augment_database)
 
     def __init__(self, n: int = 2, alpha: float = 3.0, *, depth: int = 100, space: str = "image",
                  name: str = "alpha-dba", device: str = "auto") -> None:
-        _check(n, alpha)
-        super().__init__(depth=depth, space=space, name=name, device=device)
-        self.n, self.alpha = n, alpha
-
-    def rerank_tensors(self, queries, database, ranks):
-        return _rescore(queries, database, ranks, _augment_database, self.n, self.alpha)
+        super().__init__(n, alpha, depth, space, name, device)

@@ -1,0 +1,177 @@
+"""Reasoning listwise reranking of pages (MM-R5, Xu et al. 2025).
+
+The model sees a window of candidate pages at once, labelled ``Image 1`` .. ``Image N`` in their
+incoming order, thinks inside ``<think></think>`` and answers ``<answer>[3, 1, ...]</answer>``
+(prompt: :mod:`mmrank.mllm.prompts`; parsing: :func:`~mmrank.mllm.parsing.parse_answer_ranking`).
+
+Windows slide RankGPT-style over the top ``depth`` hits from the back to the front, so the best
+candidates bubble up: with ``n`` hits the windows start at ``n - window``, ``n - window - stride``,
+... while above 0, and a last window starts at 0 (see :func:`window_schedule`; e.g. depth 12,
+window 5, stride 2: [7, 12), [5, 10), [3, 8), [1, 6), [0, 5)). A list no longer than ``window`` is
+one window. Each window's parsed order replaces its positions before the next window is built.
+The windows of all queries at the same step go to the model in one ``generate`` call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mmrank.documents import DEFAULT_DPI
+from mmrank.errors import InputError
+from mmrank.mllm.base import check_generation_options
+from mmrank.mllm.parsing import ParsedRanking, parse_answer_ranking
+from mmrank.mllm.prompts import REASONING_IMAGE_LABEL, REASONING_SYSTEM_PROMPT, REASONING_TEMPLATE
+from mmrank.rerankers.mllm_stage import MLLMReranker, OnUnavailable
+
+if TYPE_CHECKING:
+    from mmrank.collection import Collection
+    from mmrank.mllm import Conversation, VisionLanguageModel
+    from mmrank.types import Item, Query, Ranking
+
+MMR5_MODEL = "i2vec/MM-R5"
+MMR5_MAX_PIXELS = 1280 * 28 * 28
+Window = tuple[int, int]
+
+
+def window_schedule(count: int, window: int, stride: int) -> list[Window]:
+    """The ``[start, end)`` windows over ``count`` candidates, in the order they are ranked: from the
+    end of the list to the front, ``stride`` apart, the last one starting at 0."""
+    if count <= window:
+        return [(0, count)] if count else []
+    starts = [*range(count - window, 0, -stride), 0]
+    return [(start, start + window) for start in starts]
+
+
+@dataclass
+class _Progress:
+    """One ranking on its way through the windows: ``order`` holds head positions (indices into
+    the incoming hits), ``notes`` what went wrong per head position."""
+
+    ranking: Ranking
+    question: str
+    schedule: list[Window]
+    order: list[int]
+    notes: dict[int, list[str]] = field(default_factory=dict)
+    explanations: list[str] = field(default_factory=list)
+
+    def note(self, positions: Sequence[int], text: str) -> None:
+        for position in positions:
+            self.notes.setdefault(position, []).append(text)
+
+
+class ReasoningReranker(MLLMReranker):
+    """Reorders the top ``depth`` pages with a reasoning listwise model (MM-R5 by default).
+
+    ``model``: a Hub id or local folder, run locally (default i2vec/MM-R5), or with ``url`` the
+    served model name (default: the server's first model). ``window`` pages per prompt, windows
+    ``stride`` apart (default ``window // 2``, at least 1; at most ``window``). Decoding is greedy at ``temperature`` 0 (the authors sample at 0.3), capped at
+    ``max_new_tokens``. ``model_options`` default to ``{"max_pixels": 1003520}`` (1280*28*28 pixels
+    a page) for a local model and to nothing with a ``url`` (the server bounds pixels itself, e.g.
+    ``vllm serve i2vec/MM-R5 --mm-processor-kwargs '{"max_pixels": 1003520}'``).
+
+    Result: the head's stage score is 1 / new rank (1, 0.5, 0.33, ...); hits after ``depth`` keep
+    their order and score. A window whose answer cannot be parsed, or whose pages cannot be loaded,
+    keeps its incoming order; a partial answer ranks the ids given and keeps the rest in order; both
+    are noted on the window's hits (``window k: ...``, several joined by `` | ``). The reasoning of
+    window k is ``explanations[name][k - 1]`` (empty for a window not asked).
+    """
+
+    def __init__(self, *, model: str | VisionLanguageModel | None = None, url: str | None = None,
+                 model_options: Mapping[str, Any] | None = None, on_unavailable: OnUnavailable = "fail",
+                 dpi: int = DEFAULT_DPI, depth: int = 20, window: int = 5, stride: int | None = None,
+                 max_new_tokens: int = 1024, temperature: float = 0.0, name: str = "reasoning") -> None:
+        if url is None:
+            model = MMR5_MODEL if model is None else model
+            model_options = {"max_pixels": MMR5_MAX_PIXELS} if model_options is None else model_options
+        super().__init__(depth=depth, name=name, model=model, url=url, model_options=model_options,
+                         on_unavailable=on_unavailable, dpi=dpi)
+        stride = max(1, window // 2) if stride is None else stride
+        if window < 2 or not 1 <= stride <= window:
+            raise InputError(f"Need window >= 2 and 1 <= stride <= window; got window {window}, stride {stride}.")
+        check_generation_options(max_new_tokens, temperature)
+        self.window, self.stride = window, stride
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+
+    def schedule(self, count: int) -> list[Window]:
+        """The windows over a ranking of ``count`` hits (only the first ``depth`` are reranked)."""
+        return window_schedule(min(count, self.depth), self.window, self.stride)
+
+    def question(self, query: Query) -> str:
+        """The question the pages are ranked for: the query's text (InputError without one)."""
+        text = query.search_text
+        if text is None:
+            label = f" {query.id!r}" if query.id else ""
+            raise InputError(f"The {self.name!r} reranker ranks pages by relevance to the query's text, but "
+                             f"query{label} has none (an image-only query).")
+        return text
+
+    def build_conversation(self, question: str, items: Sequence[Item]) -> Conversation:
+        """The system prompt and one user message: the instruction with the question and the number
+        of pages, then ``Image i:`` and page i for each item. InputError when a picture cannot be
+        loaded."""
+        content: list[dict[str, Any]] = [
+            {"type": "text", "text": REASONING_TEMPLATE.format(question=question, count=len(items))}]
+        for index, item in enumerate(items, start=1):
+            content.append({"type": "text", "text": REASONING_IMAGE_LABEL.format(index=index)})
+            content.append({"type": "image", "image": self.picture(item)})
+        return [{"role": "system", "content": REASONING_SYSTEM_PROMPT}, {"role": "user", "content": content}]
+
+    def rerank_with(self, model: VisionLanguageModel, queries: Sequence[Query], rankings: Sequence[Ranking],
+                    collection: Collection) -> list[Ranking]:
+        """Slide the windows over every ranking; step k of all rankings is one ``generate`` call."""
+        start = time.perf_counter()
+        progress = [
+            _Progress(ranking, self.question(query), self.schedule(len(ranking)),
+                      list(range(min(self.depth, len(ranking)))))
+            for query, ranking in zip(queries, rankings, strict=True)]
+        for step in range(max((len(p.schedule) for p in progress), default=0)):
+            self._step(model, step, [p for p in progress if step < len(p.schedule)])
+        seconds = (time.perf_counter() - start) / max(1, len(rankings))
+        return [self._result(p, seconds) for p in progress]
+
+    def _step(self, model: VisionLanguageModel, step: int, progress: list[_Progress]) -> None:
+        """Ask for window ``step`` of every ranking in ``progress`` and apply the answers."""
+        conversations, asked = [], []
+        for entry in progress:
+            begin, end = entry.schedule[step]
+            positions = entry.order[begin:end]
+            try:
+                items = [entry.ranking.hits[position].item for position in positions]
+                conversations.append(self.build_conversation(entry.question, items))
+            except (InputError, OSError) as error:
+                entry.note(positions, f"window {step + 1}: not asked: {error}; kept the incoming order")
+                entry.explanations.append("")
+                continue
+            asked.append(entry)
+        if not conversations:
+            return
+        generations = model.generate(conversations, max_new_tokens=self.max_new_tokens,
+                                     temperature=self.temperature)
+        for entry, generation in zip(asked, generations, strict=True):
+            begin, end = entry.schedule[step]
+            parsed = parse_answer_ranking(generation.text, end - begin)
+            positions = entry.order[begin:end]
+            entry.order[begin:end] = [positions[index] for index in parsed.order]
+            entry.explanations.append(parsed.reasoning)
+            note = _window_note(parsed, end - begin)
+            if note:
+                entry.note(positions, f"window {step + 1}: {note}")
+
+    def _result(self, entry: _Progress, seconds: float) -> Ranking:
+        hits = entry.ranking.hits
+        ordered = [(hits[position], 1.0 / rank, " | ".join(entry.notes.get(position, [])) or None)
+                   for rank, position in enumerate(entry.order, start=1)]
+        ordered += [(hit, None, None) for hit in hits[len(entry.order):]]
+        return entry.ranking.with_stage(self.name, ordered, seconds, entry.explanations)
+
+
+def _window_note(parsed: ParsedRanking, size: int) -> str | None:
+    """What a window's hits should say about its answer: a failure, a partial answer, or nothing."""
+    if parsed.failure is not None:
+        return f"answer not parsed: {parsed.failure}; kept the incoming order"
+    if not parsed.complete:
+        return f"model ranked {len(parsed.parsed_ids)} of {size}; the rest kept their order"
+    return None
