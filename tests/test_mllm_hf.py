@@ -266,3 +266,15 @@ def test_usage_counts_calls_passes_and_tokens(tiny_mllm_dir: Path) -> None:
     # A batch decodes until its longest answer is done: one pass per token of that answer.
     longest = [max(result.generated_tokens for result in results[start:start + 2]) for start in (0, 2, 4)]
     assert model.usage.forward_passes == sum(longest)
+
+
+def test_a_model_loaded_with_transformers_can_be_wrapped(
+    tiny_mllm: HFVisionLanguageModel, reference: tuple[Any, Any]
+) -> None:
+    model, processor = reference
+    wrapped = HFVisionLanguageModel(model, processor=processor, device="cpu")
+    conversations = sample_conversations(3, seed=4)
+    np.testing.assert_allclose(wrapped.choice_probability(conversations, ["Yes", "No"]),
+                               tiny_mllm.choice_probability(conversations, ["Yes", "No"]), atol=1e-6)
+    with pytest.raises(InputError, match="A loaded model needs its processor"):
+        HFVisionLanguageModel(model, device="cpu")

@@ -237,6 +237,20 @@ def test_images_travel_as_data_urls(server: TinyQwenServer) -> None:
             assert np.array_equal(np.asarray(received), np.asarray(original))
 
 
+def test_max_pixels_downsizes_what_is_sent(server: TinyQwenServer) -> None:
+    from PIL import Image
+
+    conversations = sample_conversations(1)
+    original = conversations[0][0]["content"][0]["image"]
+    budget = original.width * original.height // 4
+    OpenAICompatibleModel(server.url, max_pixels=budget).generate(conversations, max_new_tokens=1)
+    _, data = server.last_body["messages"][0]["content"][0]["image_url"]["url"].split(",", 1)
+    received = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert received.width * received.height <= budget
+    assert abs(received.width / received.height - original.width / original.height) < 0.1
+    assert (received.width, received.height) == (original.width // 2, original.height // 2)
+
+
 # ------------------------------------------------------------------------- top_logprobs
 def test_choices_combine_their_spellings_and_absent_ones_get_zero() -> None:
     variants = choice_variants(["Yes", "No", "Maybe"])

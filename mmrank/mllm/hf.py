@@ -39,8 +39,8 @@ _DTYPES = ("float32", "bfloat16", "float16")
 class HFVisionLanguageModel:
     """A Qwen-VL chat model run locally with transformers.
 
-    ``model`` is a Hugging Face Hub id (loaded from the cache, downloaded when online) or a local
-    folder. ``dtype`` ``auto`` is bfloat16 on CUDA and float32 on the CPU. ``attn_implementation``
+    ``model`` is a Hugging Face Hub id (loaded from the cache, downloaded when online), a local
+    folder, or a model already loaded with transformers (then give its ``processor`` too). ``dtype`` ``auto`` is bfloat16 on CUDA and float32 on the CPU. ``attn_implementation``
     defaults to flash_attention_2 on CUDA when flash-attn is installed, else sdpa.
     ``min_pixels``/``max_pixels`` bound each image's size (an image part may set its own);
     ``batch_size`` conversations share one forward pass.
@@ -48,8 +48,9 @@ class HFVisionLanguageModel:
 
     def __init__(
         self,
-        model: str = DEFAULT_MLLM,
+        model: str | Any = DEFAULT_MLLM,
         *,
+        processor: Any = None,
         device: str | None = "auto",
         dtype: str = "auto",
         attn_implementation: str | None = None,
@@ -62,9 +63,12 @@ class HFVisionLanguageModel:
             raise InputError(f"batch_size must be at least 1; got {batch_size}.")
         if dtype != "auto" and dtype not in _DTYPES:
             raise InputError(f"dtype must be 'auto' or one of {', '.join(_DTYPES)}; got {dtype!r}.")
-        self.model_name = model
-        self.source = _local_folder(model) or model
-        self._is_local = Path(self.source).is_absolute()
+        loaded = not isinstance(model, str)
+        if loaded and processor is None:
+            raise InputError("A loaded model needs its processor: HFVisionLanguageModel(model, processor=...).")
+        self.model_name = model.config.name_or_path or type(model).__name__ if loaded else model
+        self.source = self.model_name if loaded else _local_folder(model) or model
+        self._is_local = not loaded and Path(self.source).is_absolute()
         self.name = f"hf:{self.source}"
         self.device = resolve_device(device)
         if dtype == "auto":
@@ -77,7 +81,7 @@ class HFVisionLanguageModel:
         self.trust_remote_code = trust_remote_code
         self.usage = Usage()
         self._process_vision_info = _import_qwen_vl_utils()
-        self._model, self._processor = self._load()
+        self._model, self._processor = self._prepare(model, processor) if loaded else self._load()
         self._patch_size = int(self._processor.image_processor.patch_size)
         self._choice_ids: dict[tuple[str, ...], list[list[int]]] = {}
 
@@ -101,6 +105,10 @@ class HFVisionLanguageModel:
             processor = AutoProcessor.from_pretrained(self.source, trust_remote_code=self.trust_remote_code)
         except (OSError, ValueError, KeyError) as exc:
             raise self._unavailable(_first_line(exc)) from exc
+        return self._prepare(model, processor)
+
+    def _prepare(self, model: Any, processor: Any) -> tuple[Any, Any]:
+        """The model on this backend's device in eval mode, and its processor set to pad on the left."""
         if not (getattr(processor, "image_processor", None) and getattr(processor, "chat_template", None)):
             raise self._unavailable("its processor has no image processor or no chat template")
         processor.tokenizer.padding_side = "left"

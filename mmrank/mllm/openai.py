@@ -58,7 +58,9 @@ class OpenAICompatibleModel:
     served model name; None asks the server (``/v1/models``) and takes the first. ``api_key``
     defaults to ``$OPENAI_API_KEY``, else ``EMPTY`` (what vLLM expects when it has no key).
     ``timeout`` is in seconds per request; ``max_retries`` retries per request; ``concurrency``
-    requests are in flight at once.
+    requests are in flight at once. ``max_pixels`` downsizes larger images (aspect ratio kept)
+    before they are sent, so a pipeline's pixel budget means the same here as with the local
+    backend; the server may bound them further (e.g. vLLM's ``--mm-processor-kwargs``).
     """
 
     def __init__(
@@ -72,9 +74,12 @@ class OpenAICompatibleModel:
         top_logprobs: int = 20,
         concurrency: int = 8,
         image_format: str = "png",
+        max_pixels: int | None = None,
     ) -> None:
         if image_format not in _IMAGE_FORMATS:
             raise InputError(f"image_format must be 'png' or 'jpeg'; got {image_format!r}.")
+        if max_pixels is not None and max_pixels < 1:
+            raise InputError(f"max_pixels must be positive, got {max_pixels}.")
         if top_logprobs < 1 or concurrency < 1:
             raise InputError(f"top_logprobs, concurrency must be positive: {top_logprobs}, {concurrency}.")
         try:
@@ -89,6 +94,7 @@ class OpenAICompatibleModel:
         self.top_logprobs = top_logprobs
         self.concurrency = concurrency
         self.image_format = image_format
+        self.max_pixels = max_pixels
         self.usage = Usage()
         self._client = OpenAI(
             base_url=self.base_url,
@@ -207,7 +213,12 @@ class OpenAICompatibleModel:
         if image is None:
             raise InputError("An image part has no 'image' (a PIL image or a path).")
         buffer = io.BytesIO()
-        open_rgb(image).save(buffer, format=_IMAGE_FORMATS[self.image_format])
+        picture = open_rgb(image)
+        if self.max_pixels is not None and picture.width * picture.height > self.max_pixels:
+            scale = (self.max_pixels / (picture.width * picture.height)) ** 0.5
+            size = (max(1, int(picture.width * scale)), max(1, int(picture.height * scale)))
+            picture = picture.resize(size, resample=3)  # bicubic
+        picture.save(buffer, format=_IMAGE_FORMATS[self.image_format])
         return f"data:image/{self.image_format};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
     @contextmanager

@@ -23,10 +23,12 @@ _THINK_CLOSE = re.compile(r"<\s*/\s*think\s*>", re.IGNORECASE)
 # A whole non-negative integer: not part of a decimal number, not after a minus sign.
 _INTEGER = re.compile(r"(?<![0-9.\-])[0-9]+(?!\.[0-9]|[0-9])")
 # "ranking": [ ... ]  (either quote; the list may be cut off at the end of the text)
-_RANKING_LIST = re.compile(r"""(\{\s*)?["']ranking["']\s*:\s*\[([^\[\]]*)(?:\](\s*\})?|$)""", re.IGNORECASE)
+_RANKING_LIST = re.compile(r"""(?:\{\s*)?["']ranking["']\s*:\s*\[([^\[\]]*)(?:\]\s*\}?|$)""", re.IGNORECASE)
 # A bare list of numbers: [3, 1, 2] (numbers may be quoted; the list may be cut off at the end).
 _BARE_LIST = re.compile(r"""\[([0-9\s,'"]*)(?:\]|$)""")
-_CODE_FENCE = re.compile(r"```[a-zA-Z]*")
+# The code fence that opens right before the ranking and the one that closes right after it.
+_FENCE_BEFORE = re.compile(r"```[a-zA-Z]*\s*$")
+_FENCE_AFTER = re.compile(r"^\s*```")
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,8 @@ def parse_json_ranking(text: str, count: int) -> ParsedRanking:
     found = _last_match(_RANKING_LIST, text) or _last_match(_BARE_LIST, text, lambda match: _has_digit(match[1]))
     if found is None:
         return _fallback(count, "no ranking list in the output", _outside(text, len(text), len(text)))
-    listed = found[2] if found.re is _RANKING_LIST else found[1]
     reasoning = _outside(text, found.start(), found.end())
-    return _ranked(_integers(listed), count, reasoning, f"no number from 1 to {count} in the ranking list")
+    return _ranked(_integers(found[1]), count, reasoning, f"no number from 1 to {count} in the ranking list")
 
 
 def _ranked(ids: list[int], count: int, reasoning: str, empty_reason: str) -> ParsedRanking:
@@ -130,7 +131,9 @@ def _has_digit(text: str) -> bool:
 
 
 def _integers(text: str) -> list[int]:
-    return [int(number) for number in _INTEGER.findall(text)]
+    """The whole numbers in the text (those of more than 18 digits, never an id, left out)."""
+    digits = (number.lstrip("0") or "0" for number in _INTEGER.findall(text))
+    return [int(number) for number in digits if len(number) <= 18]
 
 
 def _reasoning(text: str, answer_start: int) -> str:
@@ -145,6 +148,6 @@ def _reasoning(text: str, answer_start: int) -> str:
 
 
 def _outside(text: str, start: int, end: int) -> str:
-    """The text before and after ``[start, end)``, without code fences, spaces collapsed at the seam."""
-    pieces = (_CODE_FENCE.sub("", piece).strip() for piece in (text[:start], text[end:]))
+    """The text before and after ``[start, end)``, less the code fence around it, joined by a space."""
+    pieces = (_FENCE_BEFORE.sub("", text[:start]).strip(), _FENCE_AFTER.sub("", text[end:]).strip())
     return " ".join(piece for piece in pieces if piece)

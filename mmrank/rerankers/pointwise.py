@@ -52,9 +52,9 @@ class PointwiseReranker(MLLMReranker):
     own text; captions have their whitespace collapsed and are cut at ``caption_chars`` characters.
     ``top_n`` / ``threshold``: keep only the first N hits / only the hits scored at least
     ``threshold`` (unscored hits and hits after ``depth`` are then dropped too): the returned
-    ranking is shorter. ``batch_size``: conversations per model call (pictures are loaded per
-    call, so this bounds memory); None sends all candidates of all queries in one call and lets
-    the backend chunk them. Model options as in :class:`MLLMReranker`.
+    ranking is shorter. ``batch_size``: candidates (of all queries together) per model call;
+    pictures are loaded per call, so this bounds memory (None: all in one call; the backend still
+    splits calls into its own batches). Model options as in :class:`MLLMReranker`.
     """
 
     def __init__(self, *, model: str | VisionLanguageModel | None = None, url: str | None = None,
@@ -62,7 +62,7 @@ class PointwiseReranker(MLLMReranker):
                  dpi: int = DEFAULT_DPI, depth: int = 20, name: str = "pointwise", template: str = "auto",
                  choices: Sequence[str] = ("Yes", "No"), caption_field: str = "caption",
                  caption_chars: int = 600, top_n: int | None = None, threshold: float | None = None,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = 64) -> None:
         super().__init__(depth=depth, name=name, model=model, url=url, model_options=model_options,
                          on_unavailable=on_unavailable, dpi=dpi)
         self.choices = _check_choices(choices)
@@ -178,7 +178,7 @@ class PointwiseReranker(MLLMReranker):
 def _check_choices(choices: Sequence[str]) -> tuple[str, ...]:
     """At least two different, non-blank answer words (the first meaning relevant)."""
     if not isinstance(choices, str) and not all(isinstance(choice, str) for choice in choices):
-        raise InputError(f"choices must be words (in YAML, quote them: [\"Yes\", \"No\"]); got {list(choices)!r}.")
+        raise InputError(f"choices must be words (in YAML, quote them: ['Yes', 'No']); got {list(choices)!r}.")
     choice_variants(choices)
     if len(choices) < 2:
         raise InputError(f"choices needs at least two words (relevant first, e.g. Yes, No); got {list(choices)!r}.")

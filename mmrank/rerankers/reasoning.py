@@ -9,7 +9,8 @@ candidates bubble up: with ``n`` hits the windows start at ``n - window``, ``n -
 ... while above 0, and a last window starts at 0 (see :func:`window_schedule`; e.g. depth 12,
 window 5, stride 2: [7, 12), [5, 10), [3, 8), [1, 6), [0, 5)). A list no longer than ``window`` is
 one window. Each window's parsed order replaces its positions before the next window is built.
-The windows of all queries at the same step go to the model in one ``generate`` call.
+The windows of all queries at the same step go to the model in one ``generate`` call (or in calls
+of ``batch_size`` windows).
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ Window = tuple[int, int]
 
 def window_schedule(count: int, window: int, stride: int) -> list[Window]:
     """The ``[start, end)`` windows over ``count`` candidates, in the order they are ranked: from the
-    end of the list to the front, ``stride`` apart, the last one starting at 0."""
+    end of the list to the front, ``stride`` apart, the last one starting at 0 (none for fewer than
+    two candidates)."""
     if count <= window:
-        return [(0, count)] if count else []
+        return [(0, count)] if count >= 2 else []
     starts = [*range(count - window, 0, -stride), 0]
     return [(start, start + window) for start in starts]
 
@@ -67,10 +69,12 @@ class ReasoningReranker(MLLMReranker):
 
     ``model``: a Hub id or local folder, run locally (default i2vec/MM-R5), or with ``url`` the
     served model name (default: the server's first model). ``window`` pages per prompt, windows
-    ``stride`` apart (default ``window // 2``, at least 1; at most ``window``). Decoding is greedy at ``temperature`` 0 (the authors sample at 0.3), capped at
-    ``max_new_tokens``. ``model_options`` default to ``{"max_pixels": 1003520}`` (1280*28*28 pixels
-    a page) for a local model and to nothing with a ``url`` (the server bounds pixels itself, e.g.
-    ``vllm serve i2vec/MM-R5 --mm-processor-kwargs '{"max_pixels": 1003520}'``).
+    ``stride`` apart (default ``window // 2``, at least 1; at most ``window``). Decoding is greedy
+    at ``temperature`` 0 (the authors sample at 0.3), capped at ``max_new_tokens``.
+    ``model_options`` default to ``{"max_pixels": 1003520}`` (1280*28*28 pixels a page), for a
+    local model and a server alike.
+    ``batch_size``: windows per model call (pages are loaded per call, so this bounds memory); None
+    sends the windows of all queries at one step together.
 
     Result: the head's stage score is 1 / new rank (1, 0.5, 0.33, ...); hits after ``depth`` keep
     their order and score. A window whose answer cannot be parsed, or whose pages cannot be loaded,
@@ -82,17 +86,21 @@ class ReasoningReranker(MLLMReranker):
     def __init__(self, *, model: str | VisionLanguageModel | None = None, url: str | None = None,
                  model_options: Mapping[str, Any] | None = None, on_unavailable: OnUnavailable = "fail",
                  dpi: int = DEFAULT_DPI, depth: int = 20, window: int = 5, stride: int | None = None,
-                 max_new_tokens: int = 1024, temperature: float = 0.0, name: str = "reasoning") -> None:
-        if url is None:
-            model = MMR5_MODEL if model is None else model
-            model_options = {"max_pixels": MMR5_MAX_PIXELS} if model_options is None else model_options
+                 max_new_tokens: int = 1024, temperature: float = 0.0, name: str = "reasoning",
+                 batch_size: int | None = None) -> None:
+        if url is None and model is None:
+            model = MMR5_MODEL
+        if model_options is None:
+            model_options = {"max_pixels": MMR5_MAX_PIXELS}
         super().__init__(depth=depth, name=name, model=model, url=url, model_options=model_options,
                          on_unavailable=on_unavailable, dpi=dpi)
         stride = max(1, window // 2) if stride is None else stride
         if window < 2 or not 1 <= stride <= window:
             raise InputError(f"Need window >= 2 and 1 <= stride <= window; got window {window}, stride {stride}.")
+        if batch_size is not None and batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}.")
         check_generation_options(max_new_tokens, temperature)
-        self.window, self.stride = window, stride
+        self.window, self.stride, self.batch_size = window, stride, batch_size
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
 
     def schedule(self, count: int) -> list[Window]:
@@ -121,14 +129,17 @@ class ReasoningReranker(MLLMReranker):
 
     def rerank_with(self, model: VisionLanguageModel, queries: Sequence[Query], rankings: Sequence[Ranking],
                     collection: Collection) -> list[Ranking]:
-        """Slide the windows over every ranking; step k of all rankings is one ``generate`` call."""
+        """Slide the windows over every ranking; window k of all rankings go to the model together."""
         start = time.perf_counter()
         progress = [
             _Progress(ranking, self.question(query), self.schedule(len(ranking)),
                       list(range(min(self.depth, len(ranking)))))
             for query, ranking in zip(queries, rankings, strict=True)]
         for step in range(max((len(p.schedule) for p in progress), default=0)):
-            self._step(model, step, [p for p in progress if step < len(p.schedule)])
+            active = [p for p in progress if step < len(p.schedule)]
+            size = self.batch_size or len(active)
+            for begin in range(0, len(active), size):
+                self._step(model, step, active[begin:begin + size])
         seconds = (time.perf_counter() - start) / max(1, len(rankings))
         return [self._result(p, seconds) for p in progress]
 
