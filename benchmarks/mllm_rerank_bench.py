@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from timing import timed  # noqa: E402
 
 from mmrank.mllm.hf import DEFAULT_MAX_PIXELS, HFVisionLanguageModel  # noqa: E402
 from mmrank.rerankers.pointwise import PointwiseReranker  # noqa: E402
@@ -97,23 +97,6 @@ def reasoning_conversations(items: list[Item], question: str, window: int):
     stage = ReasoningReranker(window=window)
     return [stage.build_conversation(question, items[start:start + window])
             for start in range(0, len(items) - window + 1, window)]
-
-
-def timed(function, device: str, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
-    import torch
-
-    function()
-    samples = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        function()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def main() -> None:

@@ -13,13 +13,13 @@ through VectorIndex's torch backend) is timed too.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from timing import timed  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -31,21 +31,6 @@ def unit(shape: tuple[int, ...], device: str, generator: torch.Generator) -> tor
     return torch.nn.functional.normalize(x, dim=-1)
 
 
-def timed(function, repeats: int, device: str) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
-    function()
-    samples = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        function()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 def refinement_flops(m: int, k: int, d: int) -> float:
     return 2 * m * m * d + 2 * (k + 1) * m * d + 4 * m * d
 
@@ -55,9 +40,9 @@ def bench_refinement(queries: int, n: int, m: int, k: int, d: int, device: str, 
     database = unit((n, d), device, generator)
     query = unit((queries, d), device, generator)
     ranks = torch.randint(0, n, (queries, m), generator=generator).to(device)
-    seconds = timed(lambda: superglobal_rerank(query, database, ranks, m=m, k=k), repeats, device)
+    seconds = timed(lambda: superglobal_rerank(query, database, ranks, m=m, k=k), device, repeats)
     candidates = database[ranks]
-    matmul = timed(lambda: torch.bmm(candidates, candidates.transpose(1, 2)), repeats, device)
+    matmul = timed(lambda: torch.bmm(candidates, candidates.transpose(1, 2)), device, repeats)
     rate = queries * refinement_flops(m, k, d) / seconds
     matmul_rate = queries * 2 * m * m * d / matmul
     return {"ms/query": 1000 * seconds / queries, "GFLOP/s": rate / 1e9,
@@ -73,7 +58,7 @@ def bench_first_stage(queries: int, n: int, m: int, d: int, device: str, repeats
     query = unit((queries, d), "cpu", generator).numpy()
     index = VectorIndex(d, "Flat", device=device, backend="torch")
     index.add([str(i) for i in range(n)], database)
-    return 1000 * timed(lambda: index.search(query, m), repeats, device) / queries
+    return 1000 * timed(lambda: index.search(query, m), device, repeats) / queries
 
 
 def main() -> None:

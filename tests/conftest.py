@@ -9,6 +9,7 @@ import pytest
 from tiny_mllm import FIXTURE_DIR
 from tiny_models import build_tiny_clip
 
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
@@ -86,3 +87,31 @@ def tiny_mllm(tiny_mllm_dir: Path):
     from mmrank.mllm import load_mllm
 
     return load_mllm(str(tiny_mllm_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory, tiny_clip):
+    """A collection of the bundled sample photos (assets/images) under the tiny CLIP; read-only."""
+    from mmrank.collection import Collection
+    from mmrank.indexing import ItemEncoder, index_paths
+
+    collection = Collection.create(tmp_path_factory.mktemp("photos") / "c")
+    index_paths(collection, [ASSETS / "images"], ItemEncoder(None, tiny_clip))
+    collection.use_encoder("image", tiny_clip)
+    yield collection
+    collection.close()
+
+
+@pytest.fixture(scope="session")
+def docs(tmp_path_factory: pytest.TempPathFactory, tiny_clip, minilm):
+    """A collection of the bundled sample PDFs (assets/pdfs): page text under MiniLM and page
+    pictures under the tiny CLIP; read-only."""
+    from mmrank.collection import Collection
+    from mmrank.indexing import ItemEncoder, index_paths
+
+    collection = Collection.create(tmp_path_factory.mktemp("docs") / "c")
+    index_paths(collection, [ASSETS / "pdfs"], ItemEncoder(minilm, tiny_clip, pages_as_images=True))
+    collection.use_encoder("text", minilm)
+    collection.use_encoder("image", tiny_clip)
+    yield collection
+    collection.close()

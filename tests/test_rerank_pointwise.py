@@ -10,7 +10,6 @@ import pytest
 
 from mmrank.collection import Collection
 from mmrank.errors import InputError, ModelUnavailableError
-from mmrank.indexing import ItemEncoder, index_paths
 from mmrank.pipeline import Pipeline
 from mmrank.rerankers import create_reranker
 from mmrank.rerankers.pointwise import PointwiseReranker
@@ -22,25 +21,6 @@ IMAGES = ASSETS / "images"
 PLAIN = "Question: {q}\nIs this image relevant to the question? Answer '{yes}' or '{no}'."
 CAPTIONED = ("Image Caption: {c}\nQuestion: {q}\nBased on the image and its caption, is the image relevant to "
              "the question? Answer 'Yes' or 'No'.")
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory, tiny_clip):
-    collection = Collection.create(tmp_path_factory.mktemp("photos") / "c")
-    index_paths(collection, [IMAGES], ItemEncoder(None, tiny_clip))
-    collection.use_encoder("image", tiny_clip)
-    yield collection
-    collection.close()
-
-
-@pytest.fixture(scope="module")
-def docs(tmp_path_factory, tiny_clip, minilm):
-    collection = Collection.create(tmp_path_factory.mktemp("docs") / "c")
-    index_paths(collection, [ASSETS / "pdfs"], ItemEncoder(minilm, tiny_clip, pages_as_images=True))
-    collection.use_encoder("text", minilm)
-    collection.use_encoder("image", tiny_clip)
-    yield collection
-    collection.close()
 
 
 def first_stage(collection: Collection, queries: list[str], k: int = 8) -> list[Ranking]:

@@ -14,10 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mmrank.collection import Collection
 from mmrank.errors import InputError, ModelUnavailableError
 from mmrank.images import item_image
-from mmrank.indexing import ItemEncoder, index_paths
 from mmrank.mllm import Generation, Usage, shared_mllm
 from mmrank.mllm.parsing import parse_answer_ranking
 from mmrank.mllm.prompts import REASONING_SYSTEM_PROMPT, REASONING_TEMPLATE
@@ -55,16 +53,6 @@ class ScriptedModel:
 
     def choice_probability(self, conversations, choices, *, assistant_prefix: str = "") -> np.ndarray:
         raise AssertionError("the reasoning reranker only generates")
-
-
-@pytest.fixture(scope="module")
-def docs(tmp_path_factory, minilm, tiny_clip):
-    collection = Collection.create(tmp_path_factory.mktemp("docs") / "c")
-    index_paths(collection, [ASSETS / "pdfs"], ItemEncoder(minilm, tiny_clip, pages_as_images=True))
-    collection.use_encoder("image", tiny_clip)
-    collection.use_encoder("text", minilm)
-    yield collection
-    collection.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmrank.collection import Collection
 from mmrank.errors import InputError
-from mmrank.indexing import ItemEncoder, index_paths
 from mmrank.pipeline import Pipeline
 from mmrank.rerankers import create_reranker
 from mmrank.rerankers.expansion import (
@@ -24,15 +22,6 @@ from mmrank.retrieval import HybridRetriever
 from mmrank.types import Query
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "images"
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory, tiny_clip):
-    collection = Collection.create(tmp_path_factory.mktemp("photos") / "c")
-    index_paths(collection, [ASSETS], ItemEncoder(None, tiny_clip))
-    collection.use_encoder("image", tiny_clip)
-    yield collection
-    collection.close()
 
 
 def test_superglobal_stage_reranks_the_top_m_from_stored_vectors(photos):

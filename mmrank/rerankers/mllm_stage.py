@@ -78,6 +78,15 @@ class MLLMReranker(ABC):
                     collection: Collection) -> list[Ranking]:
         """Rerank with a loaded model; record scores and notes through ``Ranking.with_stage``."""
 
+    def question(self, query: Query) -> str:
+        """What the model is asked about: the query's text (InputError for an image-only query)."""
+        text = query.search_text
+        if text is None:
+            label = f" {query.id!r}" if query.id else ""
+            raise InputError(f"The {self.name!r} reranker asks the model about the query's text, but "
+                             f"query{label} has none (an image-only query).")
+        return text
+
     def picture(self, item: Item) -> PILImage.Image:
         """The candidate's picture as the model sees it (pages rendered at ``dpi``)."""
         return item_image(item, self.dpi)

@@ -77,15 +77,6 @@ class PointwiseReranker(MLLMReranker):
         self.threshold = threshold
 
     # ------------------------------------------------------------------ prompts
-    def question(self, query: Query) -> str:
-        """The question asked about every candidate: the query's text (InputError without one)."""
-        text = query.search_text
-        if text is None:
-            label = f" {query.id!r}" if query.id else ""
-            raise InputError(f"The {self.name!r} reranker asks whether each candidate is relevant to the "
-                             f"query's text, but query{label} has none (an image-only query).")
-        return text
-
     def caption(self, item: Item) -> str | None:
         """The item's caption as the prompt shows it, or None when it has none."""
         raw = item.text if self.caption_field == "text" else item.metadata.get(self.caption_field)

@@ -107,15 +107,6 @@ class ReasoningReranker(MLLMReranker):
         """The windows over a ranking of ``count`` hits (only the first ``depth`` are reranked)."""
         return window_schedule(min(count, self.depth), self.window, self.stride)
 
-    def question(self, query: Query) -> str:
-        """The question the pages are ranked for: the query's text (InputError without one)."""
-        text = query.search_text
-        if text is None:
-            label = f" {query.id!r}" if query.id else ""
-            raise InputError(f"The {self.name!r} reranker ranks pages by relevance to the query's text, but "
-                             f"query{label} has none (an image-only query).")
-        return text
-
     def build_conversation(self, question: str, items: Sequence[Item]) -> Conversation:
         """The system prompt and one user message: the instruction with the question and the number
         of pages, then ``Image i:`` and page i for each item. InputError when a picture cannot be
