@@ -133,6 +133,10 @@ def search(
         typer.echo(json.dumps(ranking.to_dicts(), indent=2))
     else:
         typer.echo(_results_table(ranking))
+        for stage, texts in ranking.explanations.items():
+            for number, text in enumerate(texts, start=1):
+                if text.strip():
+                    typer.echo(f"\n{stage}, window {number}: {text.strip()}")
     if report is not None:
         from mmrank.report import write_html_report
 

@@ -9,7 +9,7 @@ from mmrank.collection import Collection
 from mmrank.datasets import RetrievalDataset
 from mmrank.datasets.base import Judgements
 from mmrank.indexing import ItemEncoder
-from mmrank.metrics import score_queries
+from mmrank.metrics import parse_metric, score_queries
 from mmrank.pipeline import Pipeline
 
 DEFAULT_METRICS = ("recall@1", "recall@5", "recall@10", "map@10", "ndcg@10", "mrr")
@@ -44,13 +44,16 @@ def evaluate(pipeline: Pipeline, dataset: RetrievalDataset, metrics: Sequence[st
     """Run every query (``batch_size`` at a time through the first stage) and score the order after
     each stage (first stage, then each reranker); latency is the mean time per query per stage.
 
-    ``metrics`` defaults to the dataset's own, else :data:`DEFAULT_METRICS`. Ignored items are
-    dropped before scoring; protocols and per-group (macro) means are reported as the dataset
-    asks (see :class:`RetrievalDataset`).
+    ``metrics`` defaults to the dataset's own, else :data:`DEFAULT_METRICS`; they are checked
+    before any query runs. Ignored items are dropped before scoring; protocols and per-group
+    (macro) means are reported as the dataset asks (see :class:`RetrievalDataset`). A protocol
+    with no judged query reports only ``<protocol>/queries`` = 0.
     """
     from tqdm.auto import tqdm
 
     metrics = list(metrics or dataset.metrics or DEFAULT_METRICS)
+    for name in metrics:
+        parse_metric(name)
     orders: dict[str, dict[str, list[str]]] = {}
     seconds: dict[str, float] = {}
     with tqdm(total=len(dataset.queries), desc="Queries", disable=not progress) as bar:
@@ -76,7 +79,10 @@ def score_judgements(rankings: dict[str, list[str]], judgements: Judgements, met
                      groups: dict[str, str] | None = None, prefix: str = "") -> dict[str, float]:
     """Mean metrics of ``rankings`` under one judgement set, ignored items removed first; with
     ``groups`` (query id -> group), also the mean of the per-group means as ``macro/<metric>``.
-    Keys carry ``prefix + "/"`` when a prefix is given; ``queries`` counts the scored queries."""
+    Keys carry ``prefix + "/"`` when a prefix is given; ``queries`` counts the scored queries
+    (with none, it is the only key)."""
+    if not any(any(grade > 0 for grade in relevance.values()) for relevance in judgements.qrels.values()):
+        return {f"{prefix}/queries" if prefix else "queries": 0}
     cleaned = {qid: [i for i in order if i not in judgements.ignored.get(qid, ())]
                for qid, order in rankings.items()}
     per_query = score_queries(cleaned, judgements.qrels, metrics)

@@ -26,3 +26,23 @@ def test_search_with_an_mllm_reranker_from_the_command_line(tmp_path, run_cli, t
 
     code, _, err = run_cli("search", tmp_path / "c", "margin", "--pipeline", "docqa-text", "--mllm", tiny_mllm_dir)
     assert code == 2 and "--mllm/--mllm-url need a pipeline with an MLLM reranker" in err
+
+
+def test_search_prints_the_reasoning_of_a_reasoning_stage(tmp_path, run_cli, tiny_clip_dir, tiny_mllm_dir):
+    code, _, err = run_cli("index", ASSETS / "pdfs", "-o", tmp_path / "c", "--pages-as-images",
+                           "--image-model", f"local-dir:{tiny_clip_dir}", "--quiet")
+    assert code == 0, err
+    pipeline = tmp_path / "reasoning.yaml"
+    pipeline.write_text("retriever: {paths: [image, text, bm25], depth: 5}\n"
+                        "rerankers: [{type: reasoning, depth: 5, window: 5, max_new_tokens: 12}]\n")
+    code, out, err = run_cli("search", tmp_path / "c", "What was the operating margin?", "-k", "5",
+                             "--pipeline", pipeline, "--mllm", tiny_mllm_dir)
+    assert code == 0, err
+    from mmrank.collection import Collection
+    from mmrank.pipeline import Pipeline
+
+    with Collection.open(tmp_path / "c") as collection:
+        ranking = Pipeline.from_yaml(pipeline, collection, mllm=str(tiny_mllm_dir)).search(
+            "What was the operating margin?", k=5)
+    [reasoning] = ranking.explanations["reasoning"]
+    assert reasoning.strip() and f"reasoning, window 1: {reasoning.strip()}" in out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mmrank.collection import Collection
 from mmrank.datasets import RetrievalDataset
 from mmrank.evaluation import evaluate
@@ -120,3 +122,24 @@ def test_group_by_reports_macro_means_over_groups():
     # Per query recall@1: 1, 0, 1. Micro = 2/3; macro = mean(news 0.5, law 1.0) = 0.75.
     assert report.metrics["recall@1"] == 2 / 3
     assert report.metrics["macro/recall@1"] == 0.75
+
+
+def test_bad_metric_names_fail_before_any_query_runs_and_empty_protocols_are_reported():
+    from mmrank.datasets.base import Judgements
+    from mmrank.errors import InputError
+
+    items = [Item(id=i, kind="text", text=i) for i in "ab"]
+    protocols = {"easy": Judgements({"q": {}}), "hard": Judgements({"q": {"b": 1}})}
+    dataset = RetrievalDataset(name="toy", items=items, queries=[Query(text="x", id="q")], qrels={"q": {"b": 1}},
+                               split="test", protocols=protocols)
+
+    class _Exploding:
+        depth = 2
+
+        def retrieve_batch(self, queries, collection, k=None):
+            raise AssertionError("no query may run before the metrics are checked")
+
+    with pytest.raises(InputError, match="Unknown metric 'recal@1'"):
+        evaluate(Pipeline(collection=None, retriever=_Exploding()), dataset, ["recal@1"])
+    [report] = evaluate(_fixed_pipeline(items, "ab"), dataset, ["mrr"])
+    assert report.metrics == {"easy/queries": 0, "hard/mrr": 0.5, "hard/queries": 1}

@@ -101,3 +101,24 @@ def test_baselines_refuse_bad_input(function):
         function(np.ones((1, 2)), np.ones((3, 2)), np.array([[0, 1, 2]]), n=0)
     with pytest.raises(InputError, match="outside the database"):
         function(np.ones((1, 2)), np.ones((3, 2)), np.array([[0, 1, 5]]))
+
+
+def test_hits_without_a_vector_in_the_space_keep_their_order_after_the_reranked_ones(tmp_path, minilm, tiny_clip):
+    from mmrank.collection import Collection
+    from mmrank.indexing import ItemEncoder, index_paths
+
+    root = Path(__file__).resolve().parent.parent / "assets"
+    with Collection.create(tmp_path / "mixed") as collection:
+        # Pages with text get text vectors only; photos get image vectors only.
+        index_paths(collection, [root / "pdfs", ASSETS], ItemEncoder(minilm, tiny_clip))
+        collection.use_encoder("text", minilm)
+        collection.use_encoder("image", tiny_clip)
+        first = Pipeline(collection).search("a cat sleeping in the morning sun", k=30)
+        ranking = SuperGlobalReranker(m=30, k=2).rerank(first.query, first, collection)
+    kinds = [hit.item.kind for hit in ranking.hits]
+    assert "page" in kinds and "image" in kinds
+    pages = [hit for hit in ranking.hits if hit.item.kind == "page"]
+    assert kinds == sorted(kinds, key=lambda kind: kind == "page")  # photos first, then pages
+    assert [h.item_id for h in pages] == [h.item_id for h in first.hits if h.item.kind == "page"]
+    assert all(h.stages["superglobal"].note.startswith("no image vector") for h in pages)
+    assert all(h.stages["superglobal"].score is not None for h in ranking.hits if h.item.kind == "image")
