@@ -190,7 +190,9 @@ def evaluate(
         show_default="ViT-B-32")] = None,
     pages_as_images: Annotated[bool, typer.Option(
         help="Also embed the pictures of pages that have text.")] = False,
-    metrics: Annotated[Optional[str], typer.Option(help="Comma-separated metrics.",
+    metrics: Annotated[Optional[str], typer.Option(
+        help="Comma-separated metrics: recall@K, hit@K, map@K, map, ndcg@K, mrr, and for Revisited "
+             "Oxford/Paris rmap (the official AP) and mp@K.",
         show_default="the dataset's standard ones")] = None,
     k: Annotated[Optional[int], typer.Option("-k", help="Depth of the rankings that are scored.",
         show_default="100, or every item for metrics without a cutoff")] = None,
