@@ -9,16 +9,23 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json_atomic(path: Path, data: Any, **options: Any) -> None:
-    """Write ``data`` as JSON to a temporary file beside ``path``, sync it, then rename it over
-    ``path``; ``options`` go to :func:`json.dump` (e.g. ``indent``)."""
+def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``; with
+    ``sync``, the bytes reach the disk before the rename (skip it for caches that can be rebuilt)."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, **options)
-            file.flush()
-            os.fsync(file.fileno())
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            if sync:
+                file.flush()
+                os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any, **options: Any) -> None:
+    """:func:`write_atomic` of ``data`` as UTF-8 JSON; ``options`` go to :func:`json.dumps` (e.g.
+    ``indent``)."""
+    write_atomic(path, json.dumps(data, **options).encode("utf-8"))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmrank.errors import InputError, MissingDependencyError
+from mmrank.files import write_atomic
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -58,9 +59,10 @@ def row_count(path: Path) -> int:
     return open_parquet(path).metadata.num_rows
 
 
-def check_columns(path: Path, needed: Sequence[str]) -> None:
-    """InputError naming the file, the missing columns and the columns found."""
-    found = column_names(path)
+def check_columns(path: Path, needed: Sequence[str], found: Sequence[str] | None = None) -> None:
+    """InputError naming the file, the missing columns and the columns found (``found``: the
+    file's columns when the caller has them already)."""
+    found = column_names(path) if found is None else list(found)
     missing = [column for column in needed if column not in found]
     if missing:
         raise InputError(
@@ -71,12 +73,13 @@ def check_columns(path: Path, needed: Sequence[str]) -> None:
 
 def iter_rows(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (0-based row number, {column: value}), reading :data:`BATCH_ROWS` rows at a time."""
-    check_columns(path, columns)
+    parquet = open_parquet(path)
+    check_columns(path, columns, parquet.schema_arrow.names)
     import pyarrow as pa
 
     row = 0
     try:
-        for batch in open_parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=list(columns)):
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(columns)):
             for record in batch.to_pylist():
                 yield row, record
                 row += 1
@@ -137,7 +140,7 @@ class PageImages:
         digest = hashlib.blake2b(data, digest_size=8).hexdigest()
         target = self.folder / f"{_safe_name(name)}-{digest}{image_suffix(data)}"
         if not target.is_file():
-            _write_atomic(target, data)
+            write_atomic(target, data, sync=False)  # a cache: rebuilt if lost
         return target
 
     def _choose_folder(self) -> Path:
@@ -174,14 +177,3 @@ def _writable(folder: Path) -> bool:
 
 def _safe_name(name: str) -> str:
     return _UNSAFE.sub("_", name).strip("._")[:80] or "page"
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
