@@ -14,6 +14,8 @@ import typer
 
 from mmrank.errors import MMRankError
 
+REPORT_HITS = 10  # hits per query on an eval --report sheet
+
 app = typer.Typer(
     name="mmrank",
     help="Multimodal retrieval and reranking: index images and PDF pages, then search them with "
@@ -108,7 +110,10 @@ def search(
     collection_path: Annotated[Path, typer.Argument(metavar="COLLECTION", help="A collection folder.")],
     text: Annotated[Optional[str], typer.Argument(help="The question or description to search for.")] = None,
     image: Annotated[Optional[Path], typer.Option(
-        help="A query image; with TEXT, a composed query (this picture, changed as the text says).")] = None,
+        help="A query image; with a text, a composed query (this picture, changed as the text says).")] = None,
+    text_option: Annotated[Optional[str], typer.Option(
+        "--text", "-t", help="The text as an option instead of an argument, e.g. with --image: "
+                             "--image ref.jpg --text 'make it red'.", show_default=False)] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", help="How many results.")] = 10,
     pipeline: Annotated[Optional[str], typer.Option(
         help="Pipeline YAML file, or the name of a bundled one (e.g. docqa-text).")] = None,
@@ -118,14 +123,21 @@ def search(
     mllm_url: MLLMUrlOption = None,
     device: DeviceOption = "auto",
 ) -> None:
-    """Search a collection with text, an image, or both."""
+    """Search a collection with text, an image, or both.
+
+    An image with a text is a composed query: results look like the image, changed as the text
+    says (e.g. --image ref.jpg --text "make it red" --pipeline cir-square).
+    """
     from mmrank.collection import Collection
     from mmrank.errors import InputError
     from mmrank.types import Query
 
+    if text is not None and text_option is not None:
+        raise InputError("Give the text once: as an argument or with --text, not both.")
+    text = text if text is not None else text_option
     if image is not None and not image.is_file():
         raise InputError(f"{image}: no such image file.")
-    query = Query(text=text, image=image)
+    query = Query(image=image, modification=text) if image is not None else Query(text=text)
     collection = Collection.open(collection_path, device=device)
     runner = _pipeline(pipeline, collection, mllm, mllm_url)
     ranking = runner.search(query, k)
@@ -133,10 +145,15 @@ def search(
         typer.echo(json.dumps(ranking.to_dicts(), indent=2))
     else:
         typer.echo(_results_table(ranking))
+        if len(ranking.timings) > 1:
+            from mmrank.report import stage_table
+
+            typer.echo(f"\nRank after each stage:\n{stage_table(ranking)}")
         for stage, texts in ranking.explanations.items():
-            for number, text in enumerate(texts, start=1):
-                if text.strip():
-                    typer.echo(f"\n{stage}, window {number}: {text.strip()}")
+            for number, said in enumerate(texts, start=1):
+                if said.strip():
+                    label = stage if len(texts) == 1 else f"{stage}, window {number}"
+                    typer.echo(f"\n{label}: {said.strip()}")
     if report is not None:
         from mmrank.report import write_html_report
 
@@ -173,7 +190,8 @@ def info(
 def evaluate(
     dataset_root: Annotated[Path, typer.Argument(metavar="DATASET", help="The dataset's folder.")],
     dataset_format: Annotated[str, typer.Option(
-        "--format", help="Dataset layout: beir, roxford5k, rparis6k, mmdocir, vidore.")] = "beir",
+        "--format", help="Dataset layout: beir, roxford5k, rparis6k, mmdocir, vidore, cirr, circo, "
+                         "fashioniq.")] = "beir",
     split: Annotated[Optional[str], typer.Option(help="Which split's judgements to use.",
                                                  show_default="the dataset's own")] = None,
     option: Annotated[Optional[list[str]], typer.Option(
@@ -197,6 +215,13 @@ def evaluate(
     k: Annotated[Optional[int], typer.Option("-k", help="Depth of the rankings that are scored.",
         show_default="100, or every item for metrics without a cutoff")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    report: Annotated[Optional[Path], typer.Option(
+        help="Also write an HTML sheet of the first --report-queries queries: every stage's score and "
+             "rank per hit, how far it moved, and what the models said and saw.", show_default=False)] = None,
+    report_queries: Annotated[int, typer.Option(help="Queries shown in the --report sheet.")] = 20,
+    submission: Annotated[Optional[Path], typer.Option(
+        help="Also write the benchmark's test-server files (CIRR, CIRCO) from the final rankings into "
+             "this folder.", show_default=False)] = None,
     mllm: MLLMOption = None,
     mllm_url: MLLMUrlOption = None,
     device: DeviceOption = "auto",
@@ -207,16 +232,24 @@ def evaluate(
     from mmrank.collection import Collection
     from mmrank.datasets import load_dataset
     from mmrank.encoders import load_image_encoder, load_text_encoder
-    from mmrank.evaluation import DEFAULT_METRICS, add_dataset_items, evaluate as run_evaluation
+    from mmrank.errors import InputError
+    from mmrank.evaluation import DEFAULT_METRICS, SubmissionRankings, add_dataset_items, evaluate as run_evaluation
     from mmrank.indexing import ItemEncoder
 
     options = _key_values(option or [])
     if split is not None:
         options["split"] = split
     dataset = load_dataset(dataset_format, dataset_root, **options)
+    if submission is not None and dataset.write_submission is None:
+        raise InputError(f"--submission: the dataset {dataset.name} ({dataset_format}) has no test-server "
+                         "submission format (cirr and circo have).")
     wanted = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else list(
         dataset.metrics or DEFAULT_METRICS)
-    depth = k or _ranking_depth(wanted, len(dataset.items))
+    own = [m for judgements in dataset.judgements().values() for m in judgements.metrics]
+    depth = k or _ranking_depth([*wanted, *own], len(dataset.items), full=dataset.needs_full_ranking)
+    collected = SubmissionRankings(dataset) if submission is not None else None
+    if collected is not None:
+        depth = max(depth, collected.depth)
     text_encoder = load_text_encoder(text_model, device=device) if any(i.has_text for i in dataset.items) else None
     encoder = ItemEncoder(text_encoder, lambda: load_image_encoder(image_model, device=device),
                           pages_as_images=pages_as_images)
@@ -225,7 +258,24 @@ def evaluate(
         with Collection.open_or_create(folder, device=device) as collection:
             add_dataset_items(collection, dataset, encoder, progress=not as_json)
             runner = _pipeline(pipeline, collection, mllm, mllm_url)
-            stages = run_evaluation(runner, dataset, wanted, k=depth, progress=not as_json)
+            shown: list = []
+
+            def on_batch(rankings) -> None:
+                if collected is not None:
+                    collected(rankings)
+                if report is not None:
+                    shown.extend(r.top(REPORT_HITS) for r in rankings[:max(0, report_queries - len(shown))])
+
+            stages = run_evaluation(runner, dataset, wanted, k=depth, progress=not as_json, on_batch=on_batch)
+            if report is not None:
+                from mmrank.report import write_html_report
+
+                write_html_report(shown, report, title=f"mmrank eval: {dataset.name} ({dataset.split}), {runner.name}")
+                typer.echo(f"Report written to {report}", err=as_json)
+    if collected is not None:
+        submission.mkdir(parents=True, exist_ok=True)
+        for written in dataset.write_submission(collected.rankings, submission, runner.name):
+            typer.echo(f"Submission written to {written}", err=as_json)
     if as_json:
         typer.echo(json.dumps({"dataset": dataset.name, "split": dataset.split, "queries": len(dataset.queries),
                                "stages": [s.__dict__ for s in stages]}, indent=2))
@@ -261,7 +311,7 @@ def _pipeline(name: str | None, collection, mllm: str | None, mllm_url: str | No
     runner = Pipeline.from_yaml(name, collection, mllm=mllm, mllm_url=mllm_url) if name else Pipeline(collection)
     if (mllm or mllm_url) and not any(getattr(r, "uses_mllm", False) for r in runner.rerankers):
         raise InputError(f"--mllm/--mllm-url need a pipeline with an MLLM reranker (e.g. --pipeline "
-                         f"docqa-ragllava or docqa-mmr5); {name or 'the default pipeline'} has none.")
+                         f"docqa-ragllava, docqa-mmr5 or cir-square); {name or 'the default pipeline'} has none.")
     return runner
 
 
@@ -281,10 +331,11 @@ def _key_values(pairs: list[str]) -> dict[str, object]:
     return options
 
 
-def _ranking_depth(metrics: list[str], items: int) -> int:
-    """How deep rankings must go for these metrics: every item when one has no cutoff."""
+def _ranking_depth(metrics: list[str], items: int, full: bool = False) -> int:
+    """How deep rankings must go for these metrics: every item when one has no cutoff, or when
+    ``full`` (a dataset that scores rankings restricted to a subset of the items)."""
     cutoffs = [name.partition("@")[2] for name in metrics]
-    if any(not cutoff and not name.startswith("mrr") for name, cutoff in zip(metrics, cutoffs)):
+    if full or any(not cutoff and not name.startswith("mrr") for name, cutoff in zip(metrics, cutoffs)):
         return max(1, items)
     return max([100, *(int(c) for c in cutoffs if c.isdigit())])
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from mmrank.collection import Collection
 from mmrank.datasets import RetrievalDataset
@@ -11,6 +11,7 @@ from mmrank.datasets.base import Judgements
 from mmrank.indexing import ItemEncoder
 from mmrank.metrics import parse_metric, score_queries
 from mmrank.pipeline import Pipeline
+from mmrank.types import Ranking
 
 DEFAULT_METRICS = ("recall@1", "recall@5", "recall@10", "map@10", "ndcg@10", "mrr")
 
@@ -40,52 +41,66 @@ def add_dataset_items(collection: Collection, dataset: RetrievalDataset, encoder
 
 
 def evaluate(pipeline: Pipeline, dataset: RetrievalDataset, metrics: Sequence[str] | None = None,
-             *, k: int = 100, batch_size: int = 64, progress: bool = False) -> list[StageReport]:
+             *, k: int = 100, batch_size: int = 64, progress: bool = False,
+             on_batch: Callable[[Sequence[Ranking]], None] | None = None) -> list[StageReport]:
     """Run every query (``batch_size`` at a time through the first stage) and score the order after
     each stage (first stage, then each reranker); latency is the mean time per query per stage.
 
-    ``metrics`` defaults to the dataset's own, else :data:`DEFAULT_METRICS`; they are checked
-    before any query runs. Ignored items are dropped before scoring; protocols and per-group
-    (macro) means are reported as the dataset asks (see :class:`RetrievalDataset`). A protocol
-    with no judged query reports only ``<protocol>/queries`` = 0.
+    ``metrics`` defaults to the dataset's own, else :data:`DEFAULT_METRICS`; they, and the
+    judgement sets' own metrics, are checked before any query runs. Ignored items are dropped
+    before scoring; protocols, per-group (macro) means and per-group values are reported as the
+    dataset asks (see :class:`RetrievalDataset`). A protocol with no judged query reports only
+    ``<protocol>/queries`` = 0.
+
+    ``on_batch``, when given, is called with each batch's final rankings (as
+    :meth:`Pipeline.search_batch` returns them), e.g. to write a submission without keeping
+    every ranking here.
     """
     from tqdm.auto import tqdm
 
     metrics = list(metrics or dataset.metrics or DEFAULT_METRICS)
-    for name in metrics:
+    judgement_sets = dataset.judgements()
+    for name in [*metrics, *(m for judgements in judgement_sets.values() for m in judgements.metrics)]:
         parse_metric(name)
     orders: dict[str, dict[str, list[str]]] = {}
     seconds: dict[str, float] = {}
     with tqdm(total=len(dataset.queries), desc="Queries", disable=not progress) as bar:
         for start in range(0, len(dataset.queries), batch_size):
             batch = dataset.queries[start:start + batch_size]
-            for query, ranking in zip(batch, pipeline.search_batch(batch, k)):
+            rankings = pipeline.search_batch(batch, k)
+            for query, ranking in zip(batch, rankings):
                 for stage, spent in ranking.timings.items():
                     orders.setdefault(stage, {})[query.id] = ranking.order_after(stage)
                     seconds[stage] = seconds.get(stage, 0.0) + spent
+            if on_batch is not None:
+                on_batch(rankings)
             bar.update(len(batch))
     groups = _groups(dataset)
     count = max(1, len(dataset.queries))
     reports = []
     for stage, order in orders.items():
         values: dict[str, float] = {}
-        for prefix, judgements in dataset.judgements().items():
-            values.update(score_judgements(order, judgements, metrics, groups, prefix))
+        for prefix, judgements in judgement_sets.items():
+            values.update(score_judgements(order, judgements, metrics, groups, prefix,
+                                           report_groups=dataset.report_groups))
         reports.append(StageReport(stage, values, 1000 * seconds[stage] / count))
     return reports
 
 
 def score_judgements(rankings: dict[str, list[str]], judgements: Judgements, metrics: Sequence[str],
-                     groups: dict[str, str] | None = None, prefix: str = "") -> dict[str, float]:
-    """Mean metrics of ``rankings`` under one judgement set, ignored items removed first; with
-    ``groups`` (query id -> group), also the mean of the per-group means as ``macro/<metric>``.
-    Keys carry ``prefix + "/"`` when a prefix is given; ``queries`` counts the scored queries
-    (with none, it is the only key)."""
+                     groups: dict[str, str] | None = None, prefix: str = "", *,
+                     report_groups: bool = False) -> dict[str, float]:
+    """Mean metrics of ``rankings`` under one judgement set, ignored items removed first, then
+    each ranking restricted to the query's ``within`` ids when it has some; the set's own
+    ``metrics``, when it has any, replace ``metrics``. With ``groups`` (query id -> group), also
+    the mean of the per-group means as ``macro/<metric>``, and with ``report_groups`` each
+    group's mean as ``<group>/<metric>``. Keys carry ``prefix + "/"`` when a prefix is given;
+    ``queries`` counts the scored queries (with none, it is the only key)."""
     if not any(any(grade > 0 for grade in relevance.values()) for relevance in judgements.qrels.values()):
         return {f"{prefix}/queries" if prefix else "queries": 0}
-    cleaned = {qid: [i for i in order if i not in judgements.ignored.get(qid, ())]
+    cleaned = {qid: _restricted(order, judgements.ignored.get(qid, ()), judgements.within.get(qid))
                for qid, order in rankings.items()}
-    per_query = score_queries(cleaned, judgements.qrels, metrics)
+    per_query = score_queries(cleaned, judgements.qrels, judgements.metrics or metrics)
     results: dict[str, float] = {}
     for name, values in per_query.items():
         results[name] = sum(values.values()) / len(values)
@@ -94,8 +109,39 @@ def score_judgements(rankings: dict[str, list[str]], judgements: Judgements, met
             for qid, value in values.items():
                 by_group.setdefault(groups[qid], []).append(value)
             results[f"macro/{name}"] = sum(sum(v) / len(v) for v in by_group.values()) / len(by_group)
+            if report_groups:
+                for group, group_values in by_group.items():
+                    results[f"{group}/{name}"] = sum(group_values) / len(group_values)
     results["queries"] = len(next(iter(per_query.values()), {}))
     return {f"{prefix}/{key}" if prefix else key: value for key, value in results.items()}
+
+
+def _restricted(order: list[str], ignored: frozenset[str] | tuple, within: frozenset[str] | None) -> list[str]:
+    """``order`` less the ignored ids, and kept to the ``within`` ids when given."""
+    return [i for i in order if i not in ignored and (within is None or i in within)]
+
+
+@dataclass
+class SubmissionRankings:
+    """An ``on_batch`` callback for :func:`evaluate` that keeps what a submission needs: per
+    query, the final ``depth`` first ids and, in ranking order, any lower-ranked id of the
+    query's ``within`` sets (CIRR's image set), in ``rankings`` (query id -> ids)."""
+
+    dataset: RetrievalDataset
+    depth: int = 50
+    rankings: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._within: dict[str, frozenset[str]] = {}
+        for judgements in self.dataset.judgements().values():
+            for qid, ids in judgements.within.items():
+                self._within[qid] = self._within.get(qid, frozenset()) | ids
+
+    def __call__(self, rankings: Sequence[Ranking]) -> None:
+        for ranking in rankings:
+            ids = ranking.ids
+            wanted = self._within.get(ranking.query.id, frozenset())
+            self.rankings[ranking.query.id] = ids[:self.depth] + [i for i in ids[self.depth:] if i in wanted]
 
 
 def _groups(dataset: RetrievalDataset) -> dict[str, str] | None:

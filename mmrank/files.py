@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Any
 
 
+def user_cache_dir() -> Path:
+    """mmrank's folder in the user's cache: ``$XDG_CACHE_HOME/mmrank``, by default ``~/.cache/mmrank``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmrank"
+
+
 def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``; with
     ``sync``, the bytes reach the disk before the rename (skip it for caches that can be rebuilt)."""

@@ -61,3 +61,24 @@ def compose_query_vector(image_vector: np.ndarray, text_vector: np.ndarray, alph
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha must lie in [0, 1], got {alpha}.")
     return l2_normalize((1.0 - alpha) * l2_normalize(image_vector) + alpha * l2_normalize(text_vector))
+
+
+CAPTION_FUSION_LEVELS = ("embedding", "score")
+
+
+def fuse_caption_vector(query_vector: np.ndarray, caption_vector: np.ndarray, beta: float = 0.5,
+                        level: str = "embedding") -> np.ndarray:
+    """SQUARE's caption fusion of a composed query vector with its target caption's text vector
+    (both unit-norm, shape (D,) or (N, D)).
+
+    ``embedding``: ``normalise((1 - beta) * query + beta * caption)``. ``score``: the un-normalised
+    sum, whose inner product with a unit-norm gallery vector g is exactly
+    ``(1 - beta) cos(query, g) + beta cos(caption, g)``. The two rank a gallery identically (they
+    differ by a positive factor per query); only the scores differ.
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise InputError(f"beta must lie in [0, 1], got {beta}.")
+    if level not in CAPTION_FUSION_LEVELS:
+        raise InputError(f"Unknown caption fusion level {level!r}; choose one of {', '.join(CAPTION_FUSION_LEVELS)}.")
+    fused = (1.0 - beta) * l2_normalize(query_vector) + beta * l2_normalize(caption_vector)
+    return l2_normalize(fused) if level == "embedding" else fused.astype(np.float32)

@@ -102,15 +102,17 @@ class HybridRetriever:
         """Each query's hits on one path, and the query vectors it searched with (None for BM25)."""
         texts = [query.search_text for query in queries]
         among = [query.candidates for query in queries]
+        wider = depth + max(len(query.excluded) for query in queries)
         if path == "bm25":
-            return collection.search_text(texts, depth, among=among), None
+            return without_excluded(queries, collection.search_text(texts, wider, among=among), depth), None
         if path == "text":
             encoder = collection.encoder("text")
             vectors = encoder.encode_texts(texts)
         else:
             encoder = collection.encoder("image")
             vectors = self._image_query_vectors(queries, encoder)
-        return collection.search(path, vectors, depth, encoder=encoder.name, among=among), vectors
+        found = collection.search(path, vectors, wider, encoder=encoder.name, among=among)
+        return without_excluded(queries, found, depth), vectors
 
     def _image_query_vectors(self, queries: Sequence[Query], encoder) -> np.ndarray:
         """Rows for the image space: the query image, the query text through the image model's
@@ -129,6 +131,12 @@ class HybridRetriever:
             else:
                 rows.append(image_vectors[i] if i in image_vectors else text_vectors[i])
         return np.stack(rows)
+
+
+def without_excluded(queries: Sequence[Query], found: Sequence[list[tuple[str, float]]],
+                     depth: int) -> list[list[tuple[str, float]]]:
+    """Each query's hits less its ``excluded`` ids, cut to ``depth``."""
+    return [[hit for hit in hits if hit[0] not in query.excluded][:depth] for query, hits in zip(queries, found)]
 
 
 def _ranking(query: Query, fused: list[tuple[str, float]], results: Mapping[str, list[tuple[str, float]]],

@@ -49,7 +49,8 @@ class Query:
     """What a user asks: text, an image, or a reference image plus a modification text.
 
     ``candidates``, when given, restricts the search to those item ids (e.g. the pages of one
-    document).
+    document); ``excluded`` item ids are never returned (e.g. a composed query's own reference
+    image, which CIRR leaves out of the results).
     """
 
     text: str | None = None
@@ -58,12 +59,14 @@ class Query:
     id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     candidates: frozenset[str] | None = None
+    excluded: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         from mmrank.errors import InputError
 
         if self.candidates is not None:
             object.__setattr__(self, "candidates", frozenset(self.candidates))
+        object.__setattr__(self, "excluded", frozenset(self.excluded))
         has_text = bool(self.text and self.text.strip())
         has_modification = bool(self.modification and self.modification.strip())
         if not has_text and self.image is None and not has_modification:
@@ -124,7 +127,9 @@ class Ranking:
 
     ``query_vectors`` holds the vector the first stage searched each space with (so vector
     rerankers need not encode the query again); ``explanations`` holds, per stage, what a model
-    said while ranking (e.g. a reasoning reranker's thinking, one text per window).
+    said while ranking (e.g. a reasoning reranker's thinking, one text per window, or the target
+    caption a composed-query stage wrote); ``pictures`` holds, per stage, the images a stage
+    showed the model that are not items (e.g. the grid of numbered candidates), as PIL images.
     """
 
     query: Query
@@ -132,6 +137,7 @@ class Ranking:
     timings: Mapping[str, float] = field(default_factory=dict)
     query_vectors: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     explanations: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    pictures: Mapping[str, tuple[Any, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.hits)
@@ -164,19 +170,21 @@ class Ranking:
         ordered: Iterable[tuple[Hit, float | None, str | None]],
         seconds: float,
         explanations: Iterable[str] = (),
+        pictures: Iterable[Any] = (),
     ) -> Ranking:
         """A new ranking in the given order, each hit carrying this stage's score and note.
 
         ``ordered`` yields ``(hit, score, note)``; a None score keeps the hit's previous score.
-        ``explanations`` are kept under the stage's name (see the class docstring).
+        ``explanations`` and ``pictures`` are kept under the stage's name (see the class docstring).
         """
         hits = []
         for rank, (hit, score, note) in enumerate(ordered, start=1):
             stages = {**hit.stages, stage: StageScore(score=score, rank=rank, note=note)}
             hits.append(replace(hit, score=hit.score if score is None else score, stages=stages))
-        explained = tuple(explanations)
+        explained, shown = tuple(explanations), tuple(pictures)
         return replace(self, hits=tuple(hits), timings={**self.timings, stage: seconds},
-                       explanations={**self.explanations, stage: explained} if explained else self.explanations)
+                       explanations={**self.explanations, stage: explained} if explained else self.explanations,
+                       pictures={**self.pictures, stage: shown} if shown else self.pictures)
 
     def to_dicts(self) -> list[dict[str, Any]]:
         return [hit.to_dict(rank) for rank, hit in enumerate(self.hits, start=1)]

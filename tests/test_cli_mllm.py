@@ -45,4 +45,4 @@ def test_search_prints_the_reasoning_of_a_reasoning_stage(tmp_path, run_cli, tin
         ranking = Pipeline.from_yaml(pipeline, collection, mllm=str(tiny_mllm_dir)).search(
             "What was the operating margin?", k=5)
     [reasoning] = ranking.explanations["reasoning"]
-    assert reasoning.strip() and f"reasoning, window 1: {reasoning.strip()}" in out
+    assert reasoning.strip() and f"reasoning: {reasoning.strip()}" in out

@@ -23,6 +23,9 @@ _LOADERS: dict[str, tuple[str, str]] = {
     "vidore": ("mmrank.datasets.vidore", "load_vidore"),
     "roxford5k": ("mmrank.datasets.revisited", "load_roxford5k"),
     "rparis6k": ("mmrank.datasets.revisited", "load_rparis6k"),
+    "cirr": ("mmrank.datasets.cirr", "load_cirr"),
+    "circo": ("mmrank.datasets.circo", "load_circo"),
+    "fashioniq": ("mmrank.datasets.fashioniq", "load_fashioniq"),
 }
 
 

@@ -5,7 +5,6 @@ cache folder."""
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmrank.errors import InputError, MissingDependencyError
-from mmrank.files import write_atomic
+from mmrank.files import user_cache_dir, write_atomic
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -161,9 +160,8 @@ class PageImages:
 
 
 def _user_cache(root: Path) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     key = hashlib.blake2b(str(root.resolve()).encode(), digest_size=4).hexdigest()
-    return base / "mmrank" / "pages" / f"{_safe_name(root.resolve().name)}-{key}"
+    return user_cache_dir() / "pages" / f"{_safe_name(root.resolve().name)}-{key}"
 
 
 def _writable(folder: Path) -> bool:

@@ -53,3 +53,32 @@ REASONING_TEMPLATE = (
     "\n\nThere are {count} images, id from 1 to {count}, Image ID to image mapping:\n"
 )
 REASONING_IMAGE_LABEL = "\nImage {index}: "
+
+# Composed image retrieval (SQUARE, Wu et al. 2025). These wordings are ours (the paper's exact
+# prompts are not reproduced here); both are parameters of their stages.
+# SQAF: the user message is the reference image, then this text.
+TARGET_CAPTION_PROMPT = (
+    "The image above is a reference image. A user wants an image like it, changed as follows: "
+    "\"{modification}\"\n"
+    "Write one concise sentence describing the image the user wants: keep everything the request "
+    "does not change and apply what it does. Describe only that image; do not mention the "
+    "reference image or the request. Answer with the sentence only."
+)
+# EBR: the user message is GRID_REFERENCE_LABEL, the reference image, GRID_CANDIDATES_LABEL, the grid,
+# then GRID_COMPOSED_TEMPLATE (or, for a text-only query, the grid then GRID_TEXT_TEMPLATE).
+GRID_REFERENCE_LABEL = "Reference image:"
+GRID_CANDIDATES_LABEL = "Candidate images, each marked with its number in the top-left corner:"
+GRID_COMPOSED_TEMPLATE = (
+    "The user wants an image like the reference image, changed as follows: \"{request}\"\n"
+    "The second image is a grid of {count} candidate images numbered 1 to {count}. Rank all {count} "
+    "candidates from the best to the worst match for the image the user wants. Answer with JSON "
+    "only, in the form {{\"ranking\": [{example}]}}, listing every number from 1 to {count} once."
+)
+GRID_TEXT_TEMPLATE = (
+    "The user is looking for: \"{request}\"\n"
+    "The image is a grid of {count} candidate images numbered 1 to {count}. Rank all {count} "
+    "candidates from the best to the worst match. Answer with JSON only, in the form "
+    "{{\"ranking\": [{example}]}}, listing every number from 1 to {count} once."
+)
+# The assistant's answer is primed with this, so that the first generated token is a number.
+GRID_ANSWER_PREFIX = '{"ranking": ['

@@ -17,6 +17,8 @@ RERANKERS: dict[str, str] = {
     "alpha-dba": "mmrank.rerankers.expansion:AlphaDatabaseAugmentation",
     "pointwise": "mmrank.rerankers.pointwise:PointwiseReranker",
     "reasoning": "mmrank.rerankers.reasoning:ReasoningReranker",
+    "sqaf": "mmrank.rerankers.sqaf:CaptionFusion",
+    "grid": "mmrank.rerankers.grid:GridReranker",
 }
 
 

@@ -1,0 +1,198 @@
+"""SQUARE's first stage, SQAF (semantic query-augmented fusion): an MLLM writes a caption of the
+image a composed query asks for, and the caption's text vector is fused into the query vector.
+
+For each composed query (a reference image and a modification text) the model sees the reference
+image and the request and answers one sentence describing the target image. The caption goes
+through the text tower of the collection's image model (CLIP), is fused with the composed query
+vector the first stage searched with (:func:`~mmrank.fusion.fuse_caption_vector`), and the gallery
+is searched again. Captions are cached on disk, so re-running an evaluation asks the model nothing
+(and does not even load it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mmrank.captions import CaptionCache, caption_key, default_caption_cache
+from mmrank.encoders import encodes_text
+from mmrank.errors import InputError, ModelUnavailableError
+from mmrank.fusion import fuse_caption_vector
+from mmrank.mllm import DEFAULT_MLLM
+from mmrank.mllm.base import check_generation_options
+from mmrank.mllm.prompts import TARGET_CAPTION_PROMPT
+from mmrank.rerankers.mllm_stage import MLLMReranker, OnUnavailable, keep_order
+from mmrank.retrieval import without_excluded
+from mmrank.types import Hit
+
+if TYPE_CHECKING:
+    from mmrank.collection import Collection
+    from mmrank.mllm import Conversation, VisionLanguageModel
+    from mmrank.types import Query, Ranking
+
+logger = logging.getLogger("mmrank")
+NOT_COMPOSED = "not a composed query (needs a reference image and a modification text); kept the incoming order"
+
+
+class CaptionFusion(MLLMReranker):
+    """Re-searches the image space with each composed query fused with its target caption.
+
+    ``beta`` weighs the caption against the composed query (SQUARE: 0.5, to be tuned on a
+    validation split); ``level`` is ``embedding`` (fuse the vectors) or ``score`` (sum the two
+    cosine similarities): the same order, different scores. ``prompt`` is the instruction after
+    the reference image, with ``{modification}``. ``cache``: True for the user cache file
+    (``~/.cache/mmrank/captions.sqlite``), a path, or False to keep captions for this process only.
+    ``batch_size``: captions per model call.
+
+    The stage returns at least ``depth`` hits (and as many as it received); hits the first stage
+    found that the new search did not return follow in their incoming order, with a note. Queries
+    that are not composed keep their order. The caption is ``explanations[name][0]``, and the
+    fused vector replaces ``query_vectors["image"]`` for the stages after this one.
+    """
+
+    def __init__(self, *, model: str | VisionLanguageModel | None = None, url: str | None = None,
+                 model_options: Mapping[str, Any] | None = None, on_unavailable: OnUnavailable = "fail",
+                 depth: int = 100, beta: float = 0.5, level: str = "embedding",
+                 prompt: str = TARGET_CAPTION_PROMPT, max_new_tokens: int = 64, temperature: float = 0.0,
+                 cache: bool | str | Path = True, batch_size: int = 16, name: str = "sqaf") -> None:
+        super().__init__(depth=depth, name=name, model=model, url=url, model_options=model_options,
+                         on_unavailable=on_unavailable)
+        fuse_caption_vector(np.ones(1), np.ones(1), beta, level)  # checks beta and level
+        if "{modification}" not in prompt:
+            raise InputError(f"prompt must contain {{modification}}; got {prompt!r}.")
+        check_generation_options(max_new_tokens, temperature)
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}.")
+        self.beta, self.level, self.prompt = beta, level, prompt
+        self.max_new_tokens, self.temperature, self.batch_size = max_new_tokens, temperature, batch_size
+        self.cache = CaptionCache(None if cache is False else default_caption_cache() if cache is True else cache)
+
+    # ---------------------------------------------------------------- captions
+    def build_conversation(self, query: Query) -> Conversation:
+        """The one user message: the reference image, then the prompt with the request."""
+        return [{"role": "user", "content": [
+            {"type": "image", "image": query.image},
+            {"type": "text", "text": self.prompt.format(modification=request(query))}]}]
+
+    def captions(self, queries: Sequence[Query]) -> list[str | None]:
+        """Each composed query's target caption, from the cache or the model (loaded only when a
+        caption is missing). None where the model is unavailable and ``on_unavailable`` is
+        ``keep-order``."""
+        keys = [self.cache_key(query) for query in queries]
+        known: dict[str, str | None] = dict(self.cache.get_many(list(dict.fromkeys(keys))))
+        missing = {key: query for key, query in zip(keys, queries) if key not in known}
+        if missing:
+            known.update(self._ask(list(missing.items())))
+        return [known[key] for key in keys]
+
+    def cache_key(self, query: Query) -> str:
+        """The key of the query's caption in the cache: its reference image's content, the request,
+        the model, the prompt and the decoding settings."""
+        return caption_key(query.image, request(query), model=self._model_identity(), prompt=self.prompt,
+                           max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+
+    def _ask(self, jobs: list[tuple[str, Query]]) -> dict[str, str | None]:
+        try:
+            model = self.mllm
+        except ModelUnavailableError as error:
+            if self.on_unavailable == "fail":
+                raise
+            logger.warning("%s: no captions, keeping the incoming order: %s", self.name, error)
+            return {key: None for key, _ in jobs}
+        written: dict[str, str] = {}
+        for start in range(0, len(jobs), self.batch_size):
+            chunk = jobs[start:start + self.batch_size]
+            generations = model.generate([self.build_conversation(query) for _, query in chunk],
+                                         max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+            found = {key: clean_caption(generation.text) for (key, _), generation in zip(chunk, generations)}
+            self.cache.put_many(found)
+            written.update(found)
+        return written
+
+    def _model_identity(self) -> str:
+        """What names the model in cache keys, without loading it."""
+        if not isinstance(self._model, str) and self._model is not None:
+            return self._model.name
+        options = ",".join(f"{k}={self._model_options[k]!r}" for k in sorted(self._model_options))
+        return f"{self._url or 'local'}|{self._model or DEFAULT_MLLM}|{options}"
+
+    # ---------------------------------------------------------------- reranking
+    def rerank_batch(self, queries: Sequence[Query], rankings: Sequence[Ranking],
+                     collection: Collection) -> list[Ranking]:
+        """Caption, fuse and search again for every composed query (see the class docstring)."""
+        start = time.perf_counter()
+        composed = [i for i, query in enumerate(queries) if is_composed(query)]
+        captions = dict(zip(composed, self.captions([queries[i] for i in composed])))
+        usable = [i for i in composed if captions[i]]
+        found: dict[int, tuple[list[tuple[str, float]], np.ndarray]] = {}
+        if usable:
+            found = dict(zip(usable, self._search(
+                [queries[i] for i in usable], [rankings[i] for i in usable], [captions[i] for i in usable],
+                collection)))
+        seconds = (time.perf_counter() - start) / max(1, len(rankings))
+        items = collection.get_many({item_id for hits, _ in found.values() for item_id, _ in hits})
+        results = []
+        for i, ranking in enumerate(rankings):
+            if i in found:
+                results.append(self._apply(ranking, *found[i], captions[i], items, seconds))
+            else:
+                note = NOT_COMPOSED if i not in captions else (
+                    "no caption (model unavailable or empty answer); kept the incoming order")
+                results.append(keep_order(ranking, self.name, note, seconds))
+        return results
+
+    def rerank_with(self, model: VisionLanguageModel, queries: Sequence[Query], rankings: Sequence[Ranking],
+                    collection: Collection) -> list[Ranking]:
+        return self.rerank_batch(queries, rankings, collection)
+
+    def _search(self, queries: Sequence[Query], rankings: Sequence[Ranking], captions: Sequence[str],
+                collection: Collection) -> list[tuple[list[tuple[str, float]], np.ndarray]]:
+        encoder = collection.encoder("image")
+        if not encodes_text(encoder.name):
+            raise InputError(f"The {self.name!r} stage encodes captions with the image model's text tower, "
+                             f"but {encoder.name} has none: build the collection with a CLIP model.")
+        missing = [q.id or str(n) for n, (q, r) in enumerate(zip(queries, rankings)) if "image" not in r.query_vectors]
+        if missing:
+            raise InputError(f"The {self.name!r} stage fuses the first stage's image query vector, but queries "
+                             f"{missing[:5]} have none: the retriever's paths must include 'image'.")
+        fused = fuse_caption_vector(np.stack([np.asarray(r.query_vectors["image"]) for r in rankings]),
+                                    encoder.encode_texts(list(captions)), self.beta, self.level)
+        length = max([self.depth, *(len(r) for r in rankings)])
+        wider = length + max(len(q.excluded) for q in queries)
+        hits = collection.search("image", fused, wider, encoder=encoder.name, among=[q.candidates for q in queries])
+        return list(zip(without_excluded(queries, hits, length), fused))
+
+    def _apply(self, ranking: Ranking, hits: list[tuple[str, float]], vector: np.ndarray, caption: str,
+               items: Mapping[str, Any], seconds: float) -> Ranking:
+        known = {hit.item_id: hit for hit in ranking.hits}
+        ordered = [(known.get(item_id) or Hit(item=items[item_id], score=score), score, None)
+                   for item_id, score in hits]
+        returned = {item_id for item_id, _ in hits}
+        ordered += [(hit, None, "not returned by the caption-fused search; kept its incoming order")
+                    for hit in ranking.hits if hit.item_id not in returned]
+        result = ranking.with_stage(self.name, ordered, seconds, explanations=(caption,))
+        return replace(result, query_vectors={**result.query_vectors, "image": vector})
+
+
+def request(query: Query) -> str:
+    """A composed query's modification text (its ``modification``, else its ``text``)."""
+    return (query.modification or query.text or "").strip()
+
+
+def is_composed(query: Query) -> bool:
+    """A reference image and a modification text."""
+    return query.image is not None and bool(request(query))
+
+
+def clean_caption(text: str) -> str:
+    """The model's first non-empty line, without surrounding quotes or a leading "Caption:"."""
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if line.lower().startswith("caption:"):
+        line = line[len("caption:"):].strip()
+    return line.strip("\"'`“”").strip()
