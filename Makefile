@@ -22,6 +22,9 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/index_bench.py
 	$(BIN)/python benchmarks/text_indexing_bench.py
+	$(BIN)/python benchmarks/superglobal_bench.py
+	$(BIN)/python benchmarks/mllm_rerank_bench.py
+	$(BIN)/python benchmarks/cir_bench.py
 
 assets: setup
 	$(BIN)/python scripts/make_assets.py

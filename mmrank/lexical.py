@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -16,9 +17,19 @@ from mmrank.errors import CollectionError
 _IDS_FILE = "ids.json"
 
 
-def _tokenize(texts: Sequence[str]) -> list[list[str]]:
+def _bm25s():
+    """The bm25s module, its logger quieted: bm25s sets it to DEBUG, so its "Building index" lines
+    reach the terminal as soon as any library has configured the root logger."""
     import bm25s
 
+    quiet = logging.getLogger("bm25s")
+    if quiet.level == logging.DEBUG:
+        quiet.setLevel(logging.WARNING)
+    return bm25s
+
+
+def _tokenize(texts: Sequence[str]) -> list[list[str]]:
+    bm25s = _bm25s()
     return bm25s.tokenize(list(texts), stopwords="en", return_ids=False, show_progress=False)
 
 
@@ -31,8 +42,7 @@ class BM25Index:
 
     @classmethod
     def build(cls, ids: Sequence[str], texts: Sequence[str]) -> BM25Index:
-        import bm25s
-
+        bm25s = _bm25s()
         retriever = bm25s.BM25()
         retriever.index(_tokenize(texts), show_progress=False)
         return cls(list(ids), retriever)
@@ -71,8 +81,7 @@ class BM25Index:
 
     @classmethod
     def load(cls, folder: Path) -> BM25Index:
-        import bm25s
-
+        bm25s = _bm25s()
         try:
             ids = json.loads((folder / _IDS_FILE).read_text(encoding="utf-8"))
             retriever = bm25s.BM25.load(str(folder), allow_pickle=False)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mmrank.captions import CaptionCache, caption_key, image_digest
 from mmrank.encoders.base import l2_normalize
@@ -19,7 +21,7 @@ from mmrank.mllm.parsing import parse_json_ranking
 from mmrank.mllm.prompts import GRID_ANSWER_PREFIX
 from mmrank.pipeline import Pipeline
 from mmrank.rerankers import create_reranker
-from mmrank.rerankers.grid import GridReranker
+from mmrank.rerankers.grid import GridReranker, read_answer
 from mmrank.rerankers.sqaf import NOT_COMPOSED, CaptionFusion, clean_caption
 from mmrank.retrieval import HybridRetriever
 from mmrank.types import Hit, Item, Query, Ranking
@@ -305,3 +307,34 @@ def test_eval_report_shows_every_stage(tmp_path, tiny_clip_dir, tiny_mllm_dir, m
     assert code == 0, err
     page = report.read_text()
     assert page.count("<h2") == 1 and "make it blue" in page and "first-token probabilities" in page
+
+
+@settings(max_examples=300, deadline=None)
+@given(count=st.integers(1, 16), text=st.text(alphabet=st.sampled_from(list('0123456789[]{},: "rankig\n')), max_size=60))
+def test_any_grid_answer_reads_as_distinct_tiles_in_range(count, text):
+    tiles, note = read_answer(text, count)
+    assert len(set(tiles)) == len(tiles) and all(0 <= tile < count for tile in tiles)
+    assert (note is None) == (len(tiles) == count)
+
+
+@given(order=st.permutations(list(range(1, 10))), noise=st.sampled_from(["", "Sure! ", "```json\n"]))
+def test_a_full_json_ranking_is_read_exactly(order, noise):
+    tiles, note = read_answer(f'{noise}{{"ranking": {order}}}', 9)
+    assert tiles == [i - 1 for i in order] and note is None
+
+
+def test_grid_conversations_for_composed_and_text_queries():
+    from PIL import Image
+
+    stage, grid = GridReranker(depth=9), Image.new("RGB", (64, 64))
+    [composed_message] = stage.build_conversation(composed("make it red"), grid, 9)
+    kinds = [part["type"] for part in composed_message["content"]]
+    assert kinds == ["text", "image", "text", "image", "text"]
+    assert composed_message["content"][1]["image"] == CAT and composed_message["content"][3]["image"] is grid
+    instruction = composed_message["content"][4]["text"]
+    assert '"make it red"' in instruction and "numbered 1 to 9" in instruction and '{"ranking": [3, 1, ...]}' in instruction
+    [text_message] = stage.build_conversation(Query(text="a red car"), grid, 4)
+    assert [part["type"] for part in text_message["content"]] == ["image", "text"]
+    assert '"a red car"' in text_message["content"][1]["text"]
+    with pytest.raises(InputError, match="image-only"):
+        stage.build_conversation(Query(image=CAT), grid, 4)

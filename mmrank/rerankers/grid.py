@@ -157,14 +157,7 @@ class GridReranker(MLLMReranker):
         verdicts = {}
         for grid, generation in zip(grids, generations, strict=True):
             answer = GRID_ANSWER_PREFIX + generation.text
-            count = len(grid.tiles)
-            parsed = parse_json_ranking(answer, count)
-            given = [identifier - 1 for identifier in parsed.parsed_ids]
-            note = None
-            if parsed.failure is not None:
-                note = f"answer not parsed: {parsed.failure}; kept the incoming order"
-            elif not parsed.complete:
-                note = f"model ranked {len(given)} of {count}; the rest kept their order"
+            given, note = read_answer(answer, len(grid.tiles))
             verdicts[id(grid)] = (given, None, note, answer)
         return verdicts
 
@@ -206,3 +199,15 @@ class GridReranker(MLLMReranker):
         pictures = () if grid.picture is None else (grid.picture,)
         return grid.ranking.with_stage(self.name, ordered, seconds, explanations=(answer,) if answer else (),
                                        pictures=pictures)
+
+
+def read_answer(answer: str, count: int) -> tuple[list[int], str | None]:
+    """The tiles (0-based) a model's answer ranks, best first, and a note when the answer was not a
+    full ranking of the ``count`` tiles (nothing readable, or only some tiles ranked)."""
+    parsed = parse_json_ranking(answer, count)
+    given = [identifier - 1 for identifier in parsed.parsed_ids]
+    if parsed.failure is not None:
+        return given, f"answer not parsed: {parsed.failure}; kept the incoming order"
+    if not parsed.complete:
+        return given, f"model ranked {len(given)} of {count}; the rest kept their order"
+    return given, None

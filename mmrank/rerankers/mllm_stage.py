@@ -63,15 +63,22 @@ class MLLMReranker(ABC):
                      collection: Collection) -> list[Ranking]:
         """Rerank every ranking; see :meth:`rerank_with` for the work itself."""
         start = time.perf_counter()
+        model, problem = self.available_model()
+        if model is None:
+            seconds = (time.perf_counter() - start) / max(1, len(rankings))
+            return [keep_order(ranking, self.name, f"model unavailable: {problem}", seconds) for ranking in rankings]
+        return self.rerank_with(model, queries, rankings, collection)
+
+    def available_model(self) -> tuple[VisionLanguageModel | None, str | None]:
+        """``(model, None)``; or, when it cannot be loaded and ``on_unavailable`` is ``keep-order``,
+        ``(None, why)`` after a warning (with ``fail``, the ModelUnavailableError is raised)."""
         try:
-            model = self.mllm
+            return self.mllm, None
         except ModelUnavailableError as error:
             if self.on_unavailable == "fail":
                 raise
             logger.warning("%s: keeping the incoming order: %s", self.name, error)
-            seconds = (time.perf_counter() - start) / max(1, len(rankings))
-            return [keep_order(ranking, self.name, f"model unavailable: {error}", seconds) for ranking in rankings]
-        return self.rerank_with(model, queries, rankings, collection)
+            return None, str(error)
 
     @abstractmethod
     def rerank_with(self, model: VisionLanguageModel, queries: Sequence[Query], rankings: Sequence[Ranking],

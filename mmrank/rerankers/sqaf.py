@@ -11,7 +11,6 @@ is searched again. Captions are cached on disk, so re-running an evaluation asks
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -22,7 +21,7 @@ import numpy as np
 
 from mmrank.captions import CaptionCache, caption_key, default_caption_cache
 from mmrank.encoders import encodes_text
-from mmrank.errors import InputError, ModelUnavailableError
+from mmrank.errors import InputError
 from mmrank.fusion import fuse_caption_vector
 from mmrank.mllm import DEFAULT_MLLM
 from mmrank.mllm.base import check_generation_options
@@ -36,7 +35,6 @@ if TYPE_CHECKING:
     from mmrank.mllm import Conversation, VisionLanguageModel
     from mmrank.types import Query, Ranking
 
-logger = logging.getLogger("mmrank")
 NOT_COMPOSED = "not a composed query (needs a reference image and a modification text); kept the incoming order"
 
 
@@ -98,12 +96,8 @@ class CaptionFusion(MLLMReranker):
                            max_new_tokens=self.max_new_tokens, temperature=self.temperature)
 
     def _ask(self, jobs: list[tuple[str, Query]]) -> dict[str, str | None]:
-        try:
-            model = self.mllm
-        except ModelUnavailableError as error:
-            if self.on_unavailable == "fail":
-                raise
-            logger.warning("%s: no captions, keeping the incoming order: %s", self.name, error)
+        model, _ = self.available_model()
+        if model is None:
             return {key: None for key, _ in jobs}
         written: dict[str, str] = {}
         for start in range(0, len(jobs), self.batch_size):
