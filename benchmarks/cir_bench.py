@@ -4,6 +4,7 @@ same K candidates per query.
     python benchmarks/cir_bench.py                                 # the tiny test model, CPU
     python benchmarks/cir_bench.py --arch qwen2.5-vl-3b --device cuda
     python benchmarks/cir_bench.py --k 4 --k 9 --k 16 --json       # several grid sizes, JSON rows
+    python benchmarks/cir_bench.py --tile 224                      # smaller tiles: fewer visual tokens
 
 Methods, each over the same queries and candidates (the bundled sample photos):
 
@@ -69,16 +70,16 @@ def measure(name: str, model, stage, queries, rankings, device: str, repeats: in
             "queries_per_s": count / seconds}
 
 
-def run(arch: str, device: str, ks: list[int], queries: int, batch: int, repeats: int) -> list[dict]:
+def run(arch: str, device: str, ks: list[int], queries: int, batch: int, repeats: int, tile: int = 336) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="mmrank-cir-bench-") as scratch:
         model = build_model(arch, device, Path(scratch) / "model")
         for k in ks:
             built_queries, rankings = workload(queries, k)
             methods = [
-                ("ebr generate", GridReranker(model=model, depth=k, batch_size=queries), queries),
-                ("ebr first-token", GridReranker(model=model, depth=k, mode="first-token", batch_size=queries),
-                 queries),
+                ("ebr generate", GridReranker(model=model, depth=k, tile=tile, batch_size=queries), queries),
+                ("ebr first-token", GridReranker(model=model, depth=k, tile=tile, mode="first-token",
+                                                 batch_size=queries), queries),
                 ("pointwise, batch 1", PointwiseReranker(model=model, depth=k, template="plain"), 1),
                 (f"pointwise, batch {batch}", PointwiseReranker(model=model, depth=k, template="plain"), batch),
             ]
@@ -94,18 +95,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--k", type=int, action="append", help="candidates per query (repeatable; default 9)")
     parser.add_argument("--queries", type=int, default=4)
+    parser.add_argument("--tile", type=int, default=336, help="grid tile size in pixels")
     parser.add_argument("--batch", type=int, default=16, help="conversations per forward pass, batched pointwise")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     import torch
 
-    rows = run(args.arch, args.device, args.k or [9], args.queries, args.batch, args.repeats)
+    rows = run(args.arch, args.device, args.k or [9], args.queries, args.batch, args.repeats, args.tile)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     print(f"model {args.arch} on {args.device} (torch {torch.__version__}, {torch.get_num_threads()} threads), "
-          f"{args.queries} queries, sample photos")
+          f"{args.queries} queries, sample photos, grid tiles of {args.tile} px")
     header = f"{'K':>3}  {'method':<22}{'passes/q':>10}{'in tok/q':>10}{'gen tok/q':>10}{'ms/q':>10}{'q/s':>9}"
     print(header)
     for row in rows:

@@ -118,7 +118,9 @@ def search(
     pipeline: Annotated[Optional[str], typer.Option(
         help="Pipeline YAML file, or the name of a bundled one (e.g. docqa-text).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of hits.")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="Also write an HTML page of the results.")] = None,
+    report: Annotated[Optional[Path], typer.Option(
+        help="Also write an HTML sheet: thumbnails, every stage's score and rank per hit, how far it "
+             "moved, and what the models said and saw (e.g. a target caption, the grid).")] = None,
     mllm: MLLMOption = None,
     mllm_url: MLLMUrlOption = None,
     device: DeviceOption = "auto",
@@ -126,7 +128,8 @@ def search(
     """Search a collection with text, an image, or both.
 
     An image with a text is a composed query: results look like the image, changed as the text
-    says (e.g. --image ref.jpg --text "make it red" --pipeline cir-square).
+    says (e.g. --image ref.jpg --text "make it red" --pipeline cir-square); the reference image
+    itself is left out of them.
     """
     from mmrank.collection import Collection
     from mmrank.errors import InputError
@@ -137,7 +140,12 @@ def search(
     text = text if text is not None else text_option
     if image is not None and not image.is_file():
         raise InputError(f"{image}: no such image file.")
-    query = Query(image=image, modification=text) if image is not None else Query(text=text)
+    if image is None:
+        query = Query(text=text)
+    elif text is None:
+        query = Query(image=image)
+    else:  # a composed query: the reference itself, when the collection holds it, is no answer
+        query = Query(image=image, modification=text, excluded={str(image.resolve())})
     collection = Collection.open(collection_path, device=device)
     runner = _pipeline(pipeline, collection, mllm, mllm_url)
     ranking = runner.search(query, k)

@@ -120,6 +120,7 @@ def test_caption_cache_persists_and_reports_a_corrupt_file(tmp_path):
     ('\n  "A dog on grass."\nMore text', "A dog on grass."),
     ("Caption: a cat wearing a hat", "a cat wearing a hat"),
     ("   \n", ""),
+    ("a red\x07 car\x00", "a red car"),
 ])
 def test_clean_caption(raw, caption):
     assert clean_caption(raw) == caption
@@ -260,12 +261,13 @@ def test_cir_square_pipeline_records_every_stage(photos, tiny_mllm_dir, tmp_path
 def test_cli_composed_search_with_report(photos, tiny_mllm_dir, tmp_path, monkeypatch, run_cli):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     report = tmp_path / "out.html"
-    code, out, err = run_cli("search", photos.path, "--image", CAT, "--text", "make it a dog", "-k", "4",
+    code, out, err = run_cli("search", photos.path, "--image", CAT, "--text", "make it a dog", "-k", "8",
                              "--pipeline", "cir-square", "--mllm", tiny_mllm_dir, "--report", report)
     assert code == 0, err
     assert "\nsqaf: " in out and '\ngrid: {"ranking": [' in out
     page = report.read_text()
-    assert "make it a dog" in page and page.count("data:image") >= 6  # reference, grid, 4 results
+    assert "make it a dog" in page and page.count("data:image") == 1 + 1 + 7  # reference, grid, the 7 other photos
+    assert "cat.jpg</td>" not in page  # the reference is no answer to a composed query
     code, _, err = run_cli("search", photos.path, "a cat", "--text", "a dog")
     assert code == 2 and "once" in err
 

@@ -185,8 +185,10 @@ def is_composed(query: Query) -> bool:
 
 
 def clean_caption(text: str) -> str:
-    """The model's first non-empty line, without surrounding quotes or a leading "Caption:"."""
-    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    """The model's first non-empty line, without surrounding quotes, a leading "Caption:" or
+    unprintable characters."""
+    printable = "".join(character for character in text if character.isprintable() or character == "\n")
+    line = next((line.strip() for line in printable.splitlines() if line.strip()), "")
     if line.lower().startswith("caption:"):
         line = line[len("caption:"):].strip()
     return line.strip("\"'`“”").strip()
