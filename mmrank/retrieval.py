@@ -136,7 +136,8 @@ class HybridRetriever:
 def without_excluded(queries: Sequence[Query], found: Sequence[list[tuple[str, float]]],
                      depth: int) -> list[list[tuple[str, float]]]:
     """Each query's hits less its ``excluded`` ids, cut to ``depth``."""
-    return [[hit for hit in hits if hit[0] not in query.excluded][:depth] for query, hits in zip(queries, found)]
+    return [[hit for hit in hits if hit[0] not in query.excluded][:depth] if query.excluded else hits[:depth]
+            for query, hits in zip(queries, found)]
 
 
 def _ranking(query: Query, fused: list[tuple[str, float]], results: Mapping[str, list[tuple[str, float]]],
