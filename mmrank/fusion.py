@@ -76,9 +76,14 @@ def fuse_caption_vector(query_vector: np.ndarray, caption_vector: np.ndarray, be
     ``(1 - beta) cos(query, g) + beta cos(caption, g)``. The two rank a gallery identically (they
     differ by a positive factor per query); only the scores differ.
     """
+    check_caption_fusion(beta, level)
+    fused = (1.0 - beta) * l2_normalize(query_vector) + beta * l2_normalize(caption_vector)
+    return l2_normalize(fused) if level == "embedding" else fused.astype(np.float32)
+
+
+def check_caption_fusion(beta: float, level: str) -> None:
+    """InputError unless ``beta`` lies in [0, 1] and ``level`` is a known caption fusion level."""
     if not 0.0 <= beta <= 1.0:
         raise InputError(f"beta must lie in [0, 1], got {beta}.")
     if level not in CAPTION_FUSION_LEVELS:
         raise InputError(f"Unknown caption fusion level {level!r}; choose one of {', '.join(CAPTION_FUSION_LEVELS)}.")
-    fused = (1.0 - beta) * l2_normalize(query_vector) + beta * l2_normalize(caption_vector)
-    return l2_normalize(fused) if level == "embedding" else fused.astype(np.float32)

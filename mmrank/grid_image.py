@@ -32,7 +32,7 @@ def grid_shape(count: int) -> tuple[int, int]:
 def tile_boxes(count: int, *, tile: int = 336, gutter: int = 8) -> list[Box]:
     """Each tile's (left, top, right, bottom) in the grid image, row-major; ``gutter`` pixels separate
     the tiles and border the whole grid."""
-    _check_geometry(tile, gutter)
+    check_geometry(tile, gutter)
     _, columns = grid_shape(count)
     boxes = []
     for i in range(count):
@@ -89,7 +89,8 @@ def digit_height_for(tile: int) -> int:
     return max(MIN_DIGIT_HEIGHT, tile // 6)
 
 
-def _check_geometry(tile: int, gutter: int) -> None:
+def check_geometry(tile: int, gutter: int) -> None:
+    """InputError for a tile under the minimum size or a negative gutter."""
     if tile < MIN_TILE:
         raise InputError(f"Tiles must be at least {MIN_TILE} pixels wide, got {tile}.")
     if gutter < 0:

@@ -49,17 +49,15 @@ def load_fashioniq(root: str | Path, split: str = "val", categories: Sequence[st
     qrels: Qrels = {}
     for category in chosen:
         split_path = root / "image_splits" / f"split.{category}.{split}.json"
-        gallery = _read_split(split_path)
-        _check_images([images / f"{asin}{extension}" for asin in gallery], split_path, extension)
-        for asin in gallery:
-            items.setdefault(asin, Item(id=asin, kind="image", source=str(images / f"{asin}{extension}"),
-                                        metadata={"category": category}))
+        gallery = {asin: images / f"{asin}{extension}" for asin in _read_split(split_path)}
+        _check_images(list(gallery.values()), split_path, extension)
+        for asin, path in gallery.items():
+            items.setdefault(asin, Item(id=asin, kind="image", source=str(path), metadata={"category": category}))
         captions_path = root / "captions" / f"cap.{category}.{split}.json"
         candidates = frozenset(gallery)
         entries = _read_captions(captions_path, split_path.name, candidates, needs_target=split != "test")
         references = [images / f"{entry['candidate']}{extension}" for entry in entries]
-        check_files(sorted(set(references) - {images / f"{asin}{extension}" for asin in gallery}),
-                    captions_path, "candidate images")
+        check_files(sorted(set(references) - set(gallery.values())), captions_path, "candidate images")
         for index, (entry, reference) in enumerate(zip(entries, references)):
             query_id = f"{category}-{index}"
             queries.append(Query(image=str(reference), modification=entry["text"], id=query_id,
@@ -135,8 +133,8 @@ def _read_captions(path: Path, split_file: str, gallery: frozenset[str], *,
             raise InputError(f"{where}: target {target!r} is not an image of {split_file}, so no "
                              "ranking could find it.")
         captions = entry["captions"]
-        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions) \
-                or not join_captions(captions):
+        text = join_captions(captions) if isinstance(captions, list) and all(isinstance(c, str) for c in captions) else ""
+        if not text:
             raise InputError(f"{where}: 'captions' must be a list of non-empty strings, got {captions!r}.")
-        entries.append({"candidate": candidate, "target": target, "text": join_captions(captions)})
+        entries.append({"candidate": candidate, "target": target, "text": text})
     return entries

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mmrank.documents import DEFAULT_DPI
 from mmrank.errors import InputError
-from mmrank.grid_image import place_order, render_grid, tile_boxes
+from mmrank.grid_image import check_geometry, place_order, render_grid
 from mmrank.mllm.base import check_generation_options
 from mmrank.mllm.parsing import parse_json_ranking
 from mmrank.mllm.prompts import (
@@ -50,7 +50,8 @@ MODES = ("generate", "first-token")
 
 class _Grid:
     """One query's grid: which candidates it shows (positions in the ranking, tile order), those left
-    out because their picture failed to load, and the notes about them."""
+    out because their picture failed to load, and what the model made of it: the tiles it ranked
+    (best first), their scores (first-token mode), a note and its answer."""
 
     def __init__(self, ranking: Ranking, depth: int) -> None:
         self.ranking = ranking
@@ -59,6 +60,10 @@ class _Grid:
         self.left_out: dict[int, str] = {}
         self.picture: PILImage.Image | None = None
         self.conversation: Conversation | None = None
+        self.order: list[int] = []
+        self.scores: list[float] | None = None
+        self.note: str | None = None
+        self.answer = ""
 
 
 class GridReranker(MLLMReranker):
@@ -90,7 +95,7 @@ class GridReranker(MLLMReranker):
             raise InputError(f"batch_size must be at least 1, got {batch_size}.")
         self.max_new_tokens = 4 * depth + 8 if max_new_tokens is None else max_new_tokens
         check_generation_options(self.max_new_tokens, temperature)
-        tile_boxes(1, tile=tile, gutter=gutter)  # checks the geometry
+        check_geometry(tile, gutter)
         self.mode, self.tile, self.gutter = mode, tile, gutter
         self.shuffle, self.seed, self.temperature, self.batch_size = shuffle, seed, temperature, batch_size
 
@@ -137,33 +142,28 @@ class GridReranker(MLLMReranker):
                     collection: Collection) -> list[Ranking]:
         """One call per ``batch_size`` queries; see the class docstring."""
         start = time.perf_counter()
-        results: list[Ranking] = []
+        grids: list[_Grid] = []
         for begin in range(0, len(rankings), self.batch_size):
-            grids = [self._prepare(query, ranking) for query, ranking in
+            batch = [self._prepare(query, ranking) for query, ranking in
                      zip(queries[begin:begin + self.batch_size], rankings[begin:begin + self.batch_size],
                          strict=True)]
-            asked = [grid for grid in grids if grid.conversation is not None]
-            verdicts = self._first_token(model, asked) if self.mode == "first-token" else self._generate(model, asked)
-            results += [(grid, verdicts.get(id(grid))) for grid in grids]
+            asked = [grid for grid in batch if grid.conversation is not None]
+            if asked:
+                (self._first_token if self.mode == "first-token" else self._generate)(model, asked)
+            grids += batch
         seconds = (time.perf_counter() - start) / max(1, len(rankings))
-        return [self._apply(grid, verdict, seconds) for grid, verdict in results]
+        return [self._apply(grid, seconds) for grid in grids]
 
-    def _generate(self, model: VisionLanguageModel, grids: list[_Grid]) -> dict[int, tuple]:
-        """Per grid: (tile order best first, tile scores, note, the model's answer)."""
-        if not grids:
-            return {}
+    def _generate(self, model: VisionLanguageModel, grids: list[_Grid]) -> None:
+        """Each grid's ranked tiles from the model's JSON answer."""
         generations = model.generate([grid.conversation for grid in grids], max_new_tokens=self.max_new_tokens,
                                      temperature=self.temperature, assistant_prefix=GRID_ANSWER_PREFIX)
-        verdicts = {}
         for grid, generation in zip(grids, generations, strict=True):
-            answer = GRID_ANSWER_PREFIX + generation.text
-            given, note = read_answer(answer, len(grid.tiles))
-            verdicts[id(grid)] = (given, None, note, answer)
-        return verdicts
+            grid.answer = GRID_ANSWER_PREFIX + generation.text
+            grid.order, grid.note = read_answer(grid.answer, len(grid.tiles))
 
-    def _first_token(self, model: VisionLanguageModel, grids: list[_Grid]) -> dict[int, tuple]:
-        """Per grid: tiles by the probability of their number as the answer's first token."""
-        verdicts = {}
+    def _first_token(self, model: VisionLanguageModel, grids: list[_Grid]) -> None:
+        """Each grid's tiles by the probability of their number as the answer's first token."""
         by_count: dict[int, list[_Grid]] = {}
         for grid in grids:
             by_count.setdefault(len(grid.tiles), []).append(grid)
@@ -172,20 +172,16 @@ class GridReranker(MLLMReranker):
             probabilities = model.choice_probability([grid.conversation for grid in group], marks,
                                                      assistant_prefix=GRID_ANSWER_PREFIX)
             for grid, row in zip(group, probabilities, strict=True):
-                order = sorted(range(count), key=lambda tile: (-row[tile], grid.tiles[tile]))
-                shown = ", ".join(f"{tile + 1}: {row[tile]:.3f}" for tile in order)
-                verdicts[id(grid)] = (order, [float(p) for p in row], None, f"first-token probabilities: {shown}")
-        return verdicts
+                grid.order = sorted(range(count), key=lambda tile: (-row[tile], grid.tiles[tile]))
+                grid.scores = [float(p) for p in row]
+                shown = ", ".join(f"{tile + 1}: {row[tile]:.3f}" for tile in grid.order)
+                grid.answer = f"first-token probabilities: {shown}"
 
-    def _apply(self, grid: _Grid, verdict: tuple | None, seconds: float) -> Ranking:
+    def _apply(self, grid: _Grid, seconds: float) -> Ranking:
         """Ranked tiles, then the tiles the model left out and the candidates left out of the grid, in
         incoming order; then the rest of the ranking."""
         hits = grid.ranking.hits
-        if verdict is None:
-            order, scores, note, answer = [], None, None, ""
-        else:
-            order, scores, note, answer = verdict
-        ranked = [grid.tiles[tile] for tile in order]
+        ranked = [grid.tiles[tile] for tile in grid.order]
         rest = sorted(set(range(grid.head)) - set(ranked))
         tile_of = {position: tile for tile, position in enumerate(grid.tiles)}
         ordered = []
@@ -193,12 +189,12 @@ class GridReranker(MLLMReranker):
             if position not in tile_of:
                 score = None
             else:
-                score = 1.0 / rank if scores is None else scores[tile_of[position]]
-            ordered.append((hits[position], score, grid.left_out.get(position) or note))
+                score = 1.0 / rank if grid.scores is None else grid.scores[tile_of[position]]
+            ordered.append((hits[position], score, grid.left_out.get(position) or grid.note))
         ordered += [(hit, None, None) for hit in hits[grid.head:]]
         pictures = () if grid.picture is None else (grid.picture,)
-        return grid.ranking.with_stage(self.name, ordered, seconds, explanations=(answer,) if answer else (),
-                                       pictures=pictures)
+        return grid.ranking.with_stage(self.name, ordered, seconds,
+                                       explanations=(grid.answer,) if grid.answer else (), pictures=pictures)
 
 
 def read_answer(answer: str, count: int) -> tuple[list[int], str | None]:

@@ -22,7 +22,7 @@ import numpy as np
 from mmrank.captions import CaptionCache, caption_key, default_caption_cache
 from mmrank.encoders import encodes_text
 from mmrank.errors import InputError
-from mmrank.fusion import fuse_caption_vector
+from mmrank.fusion import check_caption_fusion, fuse_caption_vector
 from mmrank.mllm import DEFAULT_MLLM
 from mmrank.mllm.base import check_generation_options
 from mmrank.mllm.prompts import TARGET_CAPTION_PROMPT
@@ -61,7 +61,7 @@ class CaptionFusion(MLLMReranker):
                  cache: bool | str | Path = True, batch_size: int = 16, name: str = "sqaf") -> None:
         super().__init__(depth=depth, name=name, model=model, url=url, model_options=model_options,
                          on_unavailable=on_unavailable)
-        fuse_caption_vector(np.ones(1), np.ones(1), beta, level)  # checks beta and level
+        check_caption_fusion(beta, level)
         if "{modification}" not in prompt:
             raise InputError(f"prompt must contain {{modification}}; got {prompt!r}.")
         check_generation_options(max_new_tokens, temperature)
