@@ -272,11 +272,11 @@ def collection_roundtrip(n: int, dim: int, nq: int, k: int, device: str, folder:
     with Collection.create(path, device=device) as collection:
         collection.bind_encoder("image", "test:random", dim)
         collection.add([Item(id=i, kind="image") for i in ids], {"image": (ids, vectors)})
-        before = collection.search("image", queries, k)
-        backend = collection._vector_index("image").backend
+        before = collection.search_vectors("image", queries, k)
+        backend = collection.indexes.vector_index("image").backend
     with Collection.open(path, device="cpu") as reopened:
-        after = reopened.search("image", queries, k)
-        loaded = reopened._vector_index("image").backend
+        after = reopened.search_vectors("image", queries, k)
+        loaded = reopened.indexes.vector_index("image").backend
     found_before = [[i for i, _ in row] for row in before]
     found_after = [[i for i, _ in row] for row in after]
     same = sum(a == b for a, b in zip(found_before, found_after))

@@ -89,13 +89,13 @@ def pages(count: int) -> list[Item]:
 def pointwise_conversations(items: list[Item], question: str):
     """The conversations the pointwise reranker sends (plain template: no caption)."""
     stage = PointwiseReranker(template="plain")
-    return [stage.build_conversation(Query(text=question), item) for item in items]
+    return [stage.candidate_conversation(question, item) for item in items]
 
 
 def reasoning_conversations(items: list[Item], question: str, window: int):
     """One reasoning conversation per window of ``window`` pages."""
     stage = ReasoningReranker(window=window)
-    return [stage.build_conversation(question, items[start:start + window])
+    return [stage.window_conversation(question, items[start:start + window])
             for start in range(0, len(items) - window + 1, window)]
 
 

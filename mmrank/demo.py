@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mmrank.errors import InputError
+from mmrank.resources import ASSETS_DIR
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 TOP_K = 3
 
 

@@ -1,7 +1,9 @@
-"""Writing files so that a crash never leaves a half-written one behind."""
+"""Files on disk: writing them so that a crash never leaves a half-written one, hashing them, and
+mmrank's folder in the user's cache."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -14,19 +16,27 @@ def user_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmrank"
 
 
+def temporary_path(folder: Path, suffix: str = ".tmp", prefix: str = ".") -> Path:
+    """A new, empty file in ``folder`` with a unique hidden name, to be written and renamed over
+    its destination (a rename within one folder is atomic)."""
+    handle, name = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+    os.close(handle)
+    return Path(name)
+
+
 def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``; with
     ``sync``, the bytes reach the disk before the rename (skip it for caches that can be rebuilt)."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = temporary_path(path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(handle, "wb") as file:
+        with open(temporary, "wb") as file:
             file.write(data)
             if sync:
                 file.flush()
                 os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 
@@ -34,3 +44,27 @@ def write_json_atomic(path: Path, data: Any, **options: Any) -> None:
     """:func:`write_atomic` of ``data`` as UTF-8 JSON; ``options`` go to :func:`json.dumps` (e.g.
     ``indent``)."""
     write_atomic(path, json.dumps(data, **options).encode("utf-8"))
+
+
+def fsync_file(path: Path) -> None:
+    """Make a file's written bytes durable."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the renames and deletions inside ``folder`` durable."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes (hex), read ``block`` bytes at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ class BM25Index:
     def __init__(self, ids: list[str], retriever) -> None:
         self._ids = np.asarray(ids, dtype=object)
         self._retriever = retriever
+        self._rows: dict[str, int] | None = None  # item id -> row, built on first restricted search
 
     @classmethod
     def build(cls, ids: Sequence[str], texts: Sequence[str]) -> BM25Index:
@@ -54,17 +55,26 @@ class BM25Index:
         """The best ``k`` items of each query, best first; items sharing no term are left out."""
         if not len(self._ids) or k <= 0:
             return [[] for _ in queries]
-        tokens = _tokenize(queries)
-        results = []
-        for query_tokens in tokens:
-            if not query_tokens:
-                results.append([])
-                continue
-            rows, scores = self._retriever.retrieve(
-                [query_tokens], k=min(k, len(self._ids)), show_progress=False, n_threads=1)
-            keep = scores[0] > 0
-            results.append(list(zip(self._ids[rows[0][keep]].tolist(), scores[0][keep].astype(float).tolist())))
-        return results
+        return [self._retrieve(tokens, min(k, len(self._ids))) for tokens in _tokenize(queries)]
+
+    def search_within(self, query: str, ids: Iterable[str], k: int) -> list[tuple[str, float]]:
+        """The best ``k`` of the items ``ids`` for one query, as :meth:`search` ranks them (the
+        other items are masked out of the scoring, not filtered after it)."""
+        if self._rows is None:
+            self._rows = {item_id: row for row, item_id in enumerate(self._ids.tolist())}
+        rows = [self._rows[i] for i in ids if i in self._rows]
+        if not rows or k <= 0:
+            return []
+        mask = np.zeros(len(self._ids), dtype=np.float32)
+        mask[rows] = 1.0
+        return self._retrieve(_tokenize([query])[0], min(k, len(rows)), mask)
+
+    def _retrieve(self, tokens: list[str], k: int, mask: np.ndarray | None = None) -> list[tuple[str, float]]:
+        if not tokens:
+            return []
+        rows, scores = self._retriever.retrieve([tokens], k=k, show_progress=False, n_threads=1, weight_mask=mask)
+        keep = scores[0] > 0
+        return list(zip(self._ids[rows[0][keep]].tolist(), scores[0][keep].astype(float).tolist()))
 
     def save(self, folder: Path) -> None:
         """Write the index into a new ``folder`` atomically (aside, then renamed)."""

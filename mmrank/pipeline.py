@@ -1,31 +1,36 @@
-"""A pipeline: one first stage, then rerankers, over one collection; built in Python or from YAML."""
+"""A pipeline: one first stage, then rerankers, over one collection; built in Python or from YAML,
+and written back to YAML."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mmrank.collection import Collection
+from mmrank.config import apply_overrides, read_yaml, to_yaml
 from mmrank.errors import InputError
 from mmrank.rerankers import Reranker, create_reranker
+from mmrank.resources import PIPELINES_DIR
 from mmrank.retrieval import HybridRetriever
 from mmrank.types import Query, Ranking
 
-PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
-_KEYS = {"name", "description", "retriever", "rerankers"}
+_KEYS = ("name", "description", "retriever", "rerankers")
 
 
 @dataclass
 class Pipeline:
-    """Retrieve, then rerank: ``search(query, k)`` returns the final Ranking, every stage recorded."""
+    """Retrieve, then rerank: ``search(query, k)`` returns the final Ranking, every stage recorded
+    with its score, rank, note and time per query."""
 
     collection: Collection
     retriever: HybridRetriever = field(default_factory=HybridRetriever)
     rerankers: Sequence[Reranker] = ()
     name: str = "pipeline"
+    description: str = ""
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], collection: Collection, source: str = "config", *,
@@ -34,7 +39,7 @@ class Pipeline:
         ``mllm`` / ``mllm_url`` replace the model / server of every MLLM reranker."""
         if not isinstance(config, Mapping):
             raise InputError(f"{source}: a pipeline must be a mapping with 'retriever' and 'rerankers'.")
-        unknown = set(config) - _KEYS
+        unknown = set(config) - set(_KEYS)
         if unknown:
             raise InputError(f"{source}: unknown pipeline keys {sorted(unknown)}; allowed: {sorted(_KEYS)}.")
         retriever_options = config.get("retriever") or {}
@@ -48,21 +53,38 @@ class Pipeline:
                          for options in config.get("rerankers") or []]
         except InputError as error:
             raise InputError(f"{source}: {error}") from error
-        return cls(collection, retriever, rerankers, name=str(config.get("name", Path(source).stem)))
+        return cls(collection, retriever, rerankers, name=str(config.get("name", Path(source).stem)),
+                   description=str(config.get("description") or ""))
 
     @classmethod
-    def from_yaml(cls, path: str | Path, collection: Collection, *, mllm: str | None = None,
-                  mllm_url: str | None = None) -> Pipeline:
-        """Load a pipeline file; a bare name such as ``docqa-text`` means ``pipelines/docqa-text.yaml``.
-        ``mllm`` / ``mllm_url`` as in :meth:`from_config`."""
-        import yaml
+    def from_yaml(cls, path: str | Path, collection: Collection, *, overrides: Mapping[str, Any] | None = None,
+                  mllm: str | None = None, mllm_url: str | None = None) -> Pipeline:
+        """Load a pipeline file; a bare name such as ``docqa-text`` means a bundled pipeline.
 
+        ``overrides`` change options before the pipeline is built, by dotted keys:
+        ``{"retriever.depth": 50, "pointwise.depth": 10}`` (a stage by its name or its position, see
+        :func:`mmrank.config.apply_overrides`). ``mllm`` / ``mllm_url`` as in :meth:`from_config`.
+        """
         resolved = resolve_pipeline_path(path)
-        try:
-            config = yaml.safe_load(resolved.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise InputError(f"{resolved}: not valid YAML ({error}).") from error
-        return cls.from_config(config or {}, collection, source=str(resolved), mllm=mllm, mllm_url=mllm_url)
+        config = read_yaml(resolved) or {}
+        if overrides:
+            if not isinstance(config, Mapping):
+                raise InputError(f"{resolved}: a pipeline must be a mapping with 'retriever' and 'rerankers'.")
+            config = apply_overrides(config, overrides, source=str(resolved))
+        return cls.from_config(config, collection, source=str(resolved), mllm=mllm, mllm_url=mllm_url)
+
+    def to_config(self) -> dict[str, Any]:
+        """The config that builds this pipeline again (:meth:`from_config`): every option of the
+        retriever and of each reranker."""
+        return {"name": self.name, "description": self.description, "retriever": self.retriever.to_config(),
+                "rerankers": [reranker.to_config() for reranker in self.rerankers]}
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """:meth:`to_config` as YAML text, also written to ``path`` when given."""
+        text = to_yaml(self.to_config())
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
 
     @property
     def depth(self) -> int:
@@ -73,7 +95,8 @@ class Pipeline:
         return self.search_batch([query], k)[0]
 
     def search_batch(self, queries: Sequence[Query | str], k: int = 10) -> list[Ranking]:
-        """The top ``k`` hits for each query; the first stage encodes and searches them together."""
+        """The top ``k`` hits for each query; the first stage encodes and searches them together,
+        and each reranker takes the whole batch."""
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}.")
         queries = [Query(text=q) if isinstance(q, str) else q for q in queries]
@@ -85,11 +108,17 @@ class Pipeline:
 
 def rerank_all(reranker: Reranker, queries: Sequence[Query], rankings: Sequence[Ranking],
                collection: Collection) -> list[Ranking]:
-    """One reranker over many rankings: in one call when it has ``rerank_batch``."""
-    batched = getattr(reranker, "rerank_batch", None)
-    if batched is not None:
-        return batched(queries, rankings, collection)
-    return [reranker.rerank(query, ranking, collection) for query, ranking in zip(queries, rankings)]
+    """One reranker over many rankings in one ``rerank_batch`` call; each ranking records the
+    stage's time as its share of the call."""
+    start = time.perf_counter()
+    reranked = reranker.rerank_batch(queries, rankings, collection)
+    seconds = (time.perf_counter() - start) / max(1, len(rankings))
+    return [ranking.with_timing(reranker.name, seconds) for ranking in reranked]
+
+
+def bundled_pipelines() -> list[str]:
+    """The names of the pipelines that come with mmrank."""
+    return sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml")) if PIPELINES_DIR.is_dir() else []
 
 
 def resolve_pipeline_path(path: str | Path) -> Path:
@@ -100,5 +129,5 @@ def resolve_pipeline_path(path: str | Path) -> Path:
     bundled = PIPELINES_DIR / f"{candidate.name}.yaml"
     if candidate.suffix == "" and bundled.is_file():
         return bundled
-    names = sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml")) if PIPELINES_DIR.is_dir() else []
+    names = bundled_pipelines()
     raise InputError(f"{path}: no such pipeline file" + (f" (bundled: {', '.join(names)})." if names else "."))

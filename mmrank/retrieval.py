@@ -16,10 +16,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from mmrank.collection import Collection
+from mmrank.config import dataclass_options
 from mmrank.encoders import encodes_text
 from mmrank.errors import InputError
 from mmrank.fusion import FUSION_METHODS, compose_query_vector, fuse_results
@@ -51,6 +53,10 @@ class HybridRetriever:
             raise InputError(f"Unknown retrieval paths {sorted(unknown)}; choose from {', '.join(PATHS)}.")
         if self.fusion not in FUSION_METHODS:
             raise InputError(f"Unknown fusion method '{self.fusion}'; choose one of {', '.join(FUSION_METHODS)}.")
+
+    def to_config(self) -> dict[str, Any]:
+        """The options that build this retriever again."""
+        return dataclass_options(self)
 
     def retrieve(self, query: Query, collection: Collection, k: int | None = None) -> Ranking:
         """The fused top ``max(k, depth)`` items of the collection for ``query``."""
@@ -104,14 +110,14 @@ class HybridRetriever:
         among = [query.candidates for query in queries]
         wider = depth + max(len(query.excluded) for query in queries)
         if path == "bm25":
-            return without_excluded(queries, collection.search_text(texts, wider, among=among), depth), None
+            return without_excluded(queries, collection.search_bm25(texts, wider, among=among), depth), None
         if path == "text":
             encoder = collection.encoder("text")
             vectors = encoder.encode_texts(texts)
         else:
             encoder = collection.encoder("image")
             vectors = self._image_query_vectors(queries, encoder)
-        found = collection.search(path, vectors, wider, encoder=encoder.name, among=among)
+        found = collection.search_vectors(path, vectors, wider, encoder=encoder.name, among=among)
         return without_excluded(queries, found, depth), vectors
 
     def _image_query_vectors(self, queries: Sequence[Query], encoder) -> np.ndarray:

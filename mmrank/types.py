@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Union
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -121,6 +121,15 @@ class Hit:
         }
 
 
+class Placement(NamedTuple):
+    """Where a stage puts a hit: the hit, the stage's score for it (None when the stage did not
+    score it; the hit keeps its previous score) and a note (e.g. why it was not scored)."""
+
+    hit: Hit
+    score: float | None = None
+    note: str | None = None
+
+
 @dataclass(frozen=True)
 class Ranking:
     """The ordered hits for one query, with the seconds each stage took.
@@ -167,15 +176,17 @@ class Ranking:
     def with_stage(
         self,
         stage: str,
-        ordered: Iterable[tuple[Hit, float | None, str | None]],
-        seconds: float,
+        ordered: Iterable[Placement],
+        seconds: float = 0.0,
         explanations: Iterable[str] = (),
         pictures: Iterable[Any] = (),
     ) -> Ranking:
-        """A new ranking in the given order, each hit carrying this stage's score and note.
+        """A new ranking in the given order, each hit carrying this stage's score, rank and note.
 
-        ``ordered`` yields ``(hit, score, note)``; a None score keeps the hit's previous score.
-        ``explanations`` and ``pictures`` are kept under the stage's name (see the class docstring).
+        ``ordered`` yields a :class:`Placement` per hit, best first.
+        ``seconds`` is the stage's time for this query (a pipeline measures it and sets it with
+        :meth:`with_timing`). ``explanations`` and ``pictures`` are kept under the stage's name (see
+        the class docstring).
         """
         hits = []
         for rank, (hit, score, note) in enumerate(ordered, start=1):
@@ -185,6 +196,10 @@ class Ranking:
         return replace(self, hits=tuple(hits), timings={**self.timings, stage: seconds},
                        explanations={**self.explanations, stage: explained} if explained else self.explanations,
                        pictures={**self.pictures, stage: shown} if shown else self.pictures)
+
+    def with_timing(self, stage: str, seconds: float) -> Ranking:
+        """The same ranking with ``seconds`` recorded as the time ``stage`` took for it."""
+        return replace(self, timings={**self.timings, stage: seconds})
 
     def to_dicts(self) -> list[dict[str, Any]]:
         return [hit.to_dict(rank) for rank, hit in enumerate(self.hits, start=1)]

@@ -22,7 +22,7 @@ from mmrank.mllm.prompts import GRID_ANSWER_PREFIX
 from mmrank.pipeline import Pipeline
 from mmrank.rerankers import create_reranker
 from mmrank.rerankers.grid import GridReranker, read_answer
-from mmrank.rerankers.sqaf import NOT_COMPOSED, CaptionFusion, clean_caption
+from mmrank.rerankers.sqaf import NOT_COMPOSED, CaptionFusionReranker, clean_caption
 from mmrank.retrieval import HybridRetriever
 from mmrank.types import Hit, Item, Query, Ranking
 
@@ -130,10 +130,10 @@ def test_clean_caption(raw, caption):
 
 
 def test_sqaf_with_a_cached_caption_fuses_and_searches_without_loading_the_model(photos, tiny_clip, tmp_path):
-    stage = CaptionFusion(model=MISSING_MODEL, cache=tmp_path / "c.sqlite", beta=0.5, depth=8)
+    stage = CaptionFusionReranker(model=MISSING_MODEL, cache=tmp_path / "c.sqlite", beta=0.5, depth=8)
     reference = cat_id(photos)
     query = composed(excluded={reference})
-    stage.cache.put_many({stage.cache_key(query): "a photo of a rocket in the sky"})
+    stage.captions_cache.put_many({stage.cache_key(query): "a photo of a rocket in the sky"})
     ranking = first_stage(photos, query)
     result = stage.rerank(query, ranking, photos)  # would fail if it tried to load MISSING_MODEL
 
@@ -150,34 +150,34 @@ def test_sqaf_with_a_cached_caption_fuses_and_searches_without_loading_the_model
 def test_sqaf_asks_the_model_once_then_reads_the_cache(photos, tiny_mllm, tmp_path):
     query, ranking = composed(), first_stage(photos, composed())
     calls = tiny_mllm.usage.calls
-    first = CaptionFusion(model=tiny_mllm, cache=tmp_path / "c.sqlite", max_new_tokens=12)
+    first = CaptionFusionReranker(model=tiny_mllm, cache=tmp_path / "c.sqlite", max_new_tokens=12)
     caption = first.captions([query])[0]
     assert tiny_mllm.usage.calls == calls + 1 and caption
-    again = CaptionFusion(model=tiny_mllm, cache=tmp_path / "c.sqlite", max_new_tokens=12)
+    again = CaptionFusionReranker(model=tiny_mllm, cache=tmp_path / "c.sqlite", max_new_tokens=12)
     result = again.rerank(query, ranking, photos)
     assert tiny_mllm.usage.calls == calls + 1
     assert result.explanations["sqaf"] == (caption,)
-    generated = tiny_mllm.generate([first.build_conversation(query)], max_new_tokens=12)[0].text
+    generated = tiny_mllm.generate([first.caption_conversation(query)], max_new_tokens=12)[0].text
     assert caption == clean_caption(generated)
 
 
 def test_sqaf_keeps_the_order_of_queries_it_cannot_caption(photos, tmp_path):
     text_query = Query(text="a cat", id="t")
     ranking = first_stage(photos, text_query)
-    stage = CaptionFusion(model=MISSING_MODEL, cache=False)
+    stage = CaptionFusionReranker(model=MISSING_MODEL, cache=False)
     kept = stage.rerank(text_query, ranking, photos)
     assert kept.order_after("sqaf") == ranking.ids and all(h.stages["sqaf"].note == NOT_COMPOSED for h in kept)
-    unavailable = CaptionFusion(model=MISSING_MODEL, cache=False, on_unavailable="keep-order")
+    unavailable = CaptionFusionReranker(model=MISSING_MODEL, cache=False, on_unavailable="keep-order")
     result = unavailable.rerank(composed(), first_stage(photos, composed()), photos)
     assert result.order_after("sqaf") == first_stage(photos, composed()).ids
     assert "no caption" in result[0].stages["sqaf"].note
     with pytest.raises(Exception, match="not available"):
-        CaptionFusion(model=MISSING_MODEL, cache=False).rerank(composed(), ranking, photos)
+        CaptionFusionReranker(model=MISSING_MODEL, cache=False).rerank(composed(), ranking, photos)
 
 
 def test_sqaf_options_are_checked():
     with pytest.raises(InputError, match="modification"):
-        CaptionFusion(prompt="Describe the image.")
+        CaptionFusionReranker(prompt="Describe the image.")
     with pytest.raises(InputError, match="beta"):
         create_reranker({"type": "sqaf", "beta": 2})
 
@@ -194,7 +194,7 @@ def test_grid_generate_applies_the_models_own_answer(photos, tiny_mllm, shuffle)
 
     grid = result.pictures["grid"][0]
     assert grid.size == (2 * 112 + 3 * 8, 2 * 112 + 3 * 8)
-    answer = tiny_mllm.generate([stage.build_conversation(query, grid, 4)], max_new_tokens=16,
+    answer = tiny_mllm.generate([stage.grid_conversation(query, grid, 4)], max_new_tokens=16,
                                 assistant_prefix=GRID_ANSWER_PREFIX)[0].text
     assert result.explanations["grid"] == (GRID_ANSWER_PREFIX + answer,)
     placement = stage.placement(query, 4)
@@ -213,7 +213,7 @@ def test_grid_first_token_ranks_by_the_marks_probabilities(photos, tiny_mllm):
     calls, passes = tiny_mllm.usage.calls, tiny_mllm.usage.forward_passes
     result = stage.rerank(query, ranking, photos)
     assert (tiny_mllm.usage.calls - calls, tiny_mllm.usage.forward_passes - passes) == (1, 1)
-    conversation = stage.build_conversation(query, result.pictures["grid"][0], 4)
+    conversation = stage.grid_conversation(query, result.pictures["grid"][0], 4)
     probabilities = tiny_mllm.choice_probability([conversation], ["1", "2", "3", "4"],
                                                  assistant_prefix=GRID_ANSWER_PREFIX)[0]
     expected = sorted(range(4), key=lambda tile: (-probabilities[tile], tile))
@@ -239,7 +239,7 @@ def test_grid_options_are_checked():
         GridReranker(mode="beam")
     with pytest.raises(InputError):
         GridReranker(tile=8)
-    assert GridReranker(depth=9).max_new_tokens == 44
+    assert GridReranker(depth=9).tokens == 44
 
 
 # ----------------------------------------------------------- end to end
@@ -329,14 +329,14 @@ def test_grid_conversations_for_composed_and_text_queries():
     from PIL import Image
 
     stage, grid = GridReranker(depth=9), Image.new("RGB", (64, 64))
-    [composed_message] = stage.build_conversation(composed("make it red"), grid, 9)
+    [composed_message] = stage.grid_conversation(composed("make it red"), grid, 9)
     kinds = [part["type"] for part in composed_message["content"]]
     assert kinds == ["text", "image", "text", "image", "text"]
     assert composed_message["content"][1]["image"] == CAT and composed_message["content"][3]["image"] is grid
     instruction = composed_message["content"][4]["text"]
     assert '"make it red"' in instruction and "numbered 1 to 9" in instruction and '{"ranking": [3, 1, ...]}' in instruction
-    [text_message] = stage.build_conversation(Query(text="a red car"), grid, 4)
+    [text_message] = stage.grid_conversation(Query(text="a red car"), grid, 4)
     assert [part["type"] for part in text_message["content"]] == ["image", "text"]
     assert '"a red car"' in text_message["content"][1]["text"]
     with pytest.raises(InputError, match="image-only"):
-        stage.build_conversation(Query(image=CAT), grid, 4)
+        stage.grid_conversation(Query(image=CAT), grid, 4)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mmrank.collection import MANIFEST
+from mmrank.manifest import MANIFEST
 from sample_files import make_image, make_messy_folder, make_pdf
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mmrank.collection import MANIFEST, Collection, FileEntry
+from mmrank.collection import Collection, FileEntry
+from mmrank.manifest import MANIFEST
 from mmrank.errors import CollectionError, EncoderMismatchError, InputError
 from mmrank.ingest import Fingerprint
 from mmrank.types import Item
@@ -68,7 +69,7 @@ def test_open_errors_are_clear_and_touch_nothing(tmp_path):
 
 def test_search_returns_item_ids_and_self_first(filled):
     collection, vectors = filled
-    results = collection.search("text", vectors[[3, 5]], k=3)
+    results = collection.search_vectors("text", vectors[[3, 5]], k=3)
     assert [r[0][0] for r in results] == ["doc3", "doc5"]
     assert results[0][0][1] == pytest.approx(1.0, abs=1e-5)
     brute = np.argsort(-(vectors @ vectors[3]))[:3]
@@ -78,25 +79,25 @@ def test_search_returns_item_ids_and_self_first(filled):
 def test_encoder_mismatch_is_refused(filled):
     collection, vectors = filled
     with pytest.raises(EncoderMismatchError, match="made by 'test:encoder'.*encoded by 'other:model'"):
-        collection.search("text", vectors[:1], k=1, encoder="other:model")
+        collection.search_vectors("text", vectors[:1], k=1, encoder="other:model")
     with pytest.raises(EncoderMismatchError, match="other:model"):
         collection.bind_encoder("text", "other:model", DIM)
     with pytest.raises(EncoderMismatchError, match="dimensions"):
-        collection.search("text", np.ones((1, DIM + 1), dtype=np.float32), k=1)
+        collection.search_vectors("text", np.ones((1, DIM + 1), dtype=np.float32), k=1)
 
 
 def test_indexes_persist_and_follow_changes(tmp_path, filled):
     collection, vectors = filled
     collection.build_indexes()
-    before = collection.search("text", vectors[:2], k=4)
+    before = collection.search_vectors("text", vectors[:2], k=4)
     collection.close()
 
     reopened = Collection.open(collection.path)
-    assert reopened.search("text", vectors[:2], k=4) == before
-    assert reopened.search_text(["coffee"], k=2)[0][0][0] == "doc2"
+    assert reopened.search_vectors("text", vectors[:2], k=4) == before
+    assert reopened.search_bm25(["coffee"], k=2)[0][0][0] == "doc2"
 
     assert reopened.remove(["doc0", "missing"]) == 1
-    assert "doc0" not in [i for i, _ in reopened.search("text", vectors[:1], k=8)[0]]
+    assert "doc0" not in [i for i, _ in reopened.search_vectors("text", vectors[:1], k=8)[0]]
     assert "doc0" not in reopened.get_many(["doc0", "doc1"])
     reopened.close()
     # Stale indexes were rebuilt and published; the old files are gone.

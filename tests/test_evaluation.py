@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -10,7 +11,7 @@ from mmrank.collection import Collection
 from mmrank.datasets import RetrievalDataset
 from mmrank.evaluation import evaluate
 from mmrank.pipeline import Pipeline
-from mmrank.types import Hit, Item, Query, Ranking, StageScore
+from mmrank.types import Hit, Item, Placement, Query, Ranking, StageScore
 
 CORPUS = {
     "d1": ("Cats", "Domestic cats sleep between twelve and sixteen hours every day."),
@@ -49,14 +50,15 @@ def test_eval_cli_reports_metrics_and_reuses_the_collection(tmp_path, run_cli, m
 
 
 class _Reverse:
-    """A reranker that reverses the top two: enough to check per-stage bookkeeping."""
+    """A reranker that reverses the top two and takes 20 ms a batch: enough to check per-stage
+    bookkeeping, and that the pipeline times the stage."""
 
     name, depth = "reverse", 2
 
-    def rerank(self, query, ranking, collection):
-        hits = list(ranking.hits)
-        order = hits[:2][::-1] + hits[2:]
-        return ranking.with_stage(self.name, [(h, None, None) for h in order], seconds=0.001)
+    def rerank_batch(self, queries, rankings, collection):
+        time.sleep(0.02)
+        return [ranking.with_stage(self.name, [Placement(h) for h in [*ranking.hits[:2][::-1], *ranking.hits[2:]]])
+                for ranking in rankings]
 
 
 def test_evaluate_scores_every_stage(tmp_path):
@@ -76,7 +78,7 @@ def test_evaluate_scores_every_stage(tmp_path):
     reports = {r.stage: r for r in evaluate(pipeline, dataset, ["recall@1", "mrr"], k=4)}
     assert reports["retrieve"].metrics["recall@1"] == 0.0 and reports["retrieve"].metrics["mrr"] == 0.5
     assert reports["reverse"].metrics["recall@1"] == 1.0 and reports["reverse"].metrics["mrr"] == 1.0
-    assert reports["retrieve"].latency_ms == 2.0 and reports["reverse"].latency_ms == 1.0
+    assert reports["retrieve"].latency_ms == 2.0 and 20.0 <= reports["reverse"].latency_ms < 1000
 
 
 def _fixed_pipeline(items, order):

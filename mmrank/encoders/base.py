@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from mmrank.types import ImageInput
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What every encoder has: its identity ``name`` (``<kind>:<reference>``, rebuilt by
+    :func:`mmrank.encoders.load_encoder_by_name`), its output ``dim`` and the ``modalities`` it
+    encodes (``image`` through ``encode_images``, ``text`` through ``encode_texts``)."""
+
+    name: str
+    dim: int
+    modalities: ClassVar[frozenset[str]]
 
 
 @runtime_checkable

@@ -15,7 +15,7 @@ import logging
 from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -69,6 +69,8 @@ class OpenClipEncoder:
     ModelUnavailableError says where they were looked for and how to provide them offline.
     """
 
+    modalities: ClassVar[frozenset[str]] = frozenset({"image", "text"})
+
     def __init__(
         self,
         model: str = DEFAULT_IMAGE_MODEL,
@@ -94,6 +96,14 @@ class OpenClipEncoder:
         self.progress = progress
         self._model, self._preprocess, self._tokenizer = self._load()
         self.dim = self._probe_dim()
+
+    @classmethod
+    def from_identity(cls, reference: str, **options: Any) -> OpenClipEncoder:
+        """The encoder named ``open_clip:<reference>`` (see :func:`open_clip_identity`)."""
+        if _schema(reference):
+            return cls(reference, None, **options)
+        model, _, pretrained = reference.partition("/")
+        return cls(model, pretrained or None, **options)
 
     def __repr__(self) -> str:
         return f"OpenClipEncoder({self.name!r}, device={self.device!r}, dtype={self.dtype!r})"

@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -57,6 +57,8 @@ class GemEncoder:
     ``projection @ (v - mean)``. Images are resized so their longer side is ``image_size``.
     """
 
+    modalities: ClassVar[frozenset[str]] = frozenset({"image"})
+
     def __init__(self, backbone: str = DEFAULT_BACKBONE, *, pooling: str = "superglobal",
                  pretrained: bool = True, checkpoint: str | Path | None = None,
                  whitening: str | Path | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
@@ -80,6 +82,13 @@ class GemEncoder:
         self._pool, self._combine = self._build_pooling()
         self._whitening = _load_whitening(whitening) if whitening else None
         self.dim = self._output_dim()
+
+    @classmethod
+    def from_identity(cls, reference: str, *, batch_size: int | None = None, **options: Any) -> GemEncoder:
+        """The encoder named ``gem:<reference>`` (see :func:`gem_identity`). ``batch_size`` is
+        accepted for symmetry with other encoders and ignored: images differ in size, so they are
+        encoded one at a time."""
+        return cls(**parse_gem_identity(reference), **options)
 
     def __repr__(self) -> str:
         return f"GemEncoder({self.name!r}, device={self.device!r})"

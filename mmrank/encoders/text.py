@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -76,6 +76,8 @@ class SentenceTransformerEncoder:
     how to provide it offline.
     """
 
+    modalities: ClassVar[frozenset[str]] = frozenset({"text"})
+
     def __init__(
         self,
         model: str = DEFAULT_TEXT_MODEL,
@@ -93,6 +95,11 @@ class SentenceTransformerEncoder:
         self.progress = progress
         self._model = self._load()
         self.dim = _dimension(self._model)
+
+    @classmethod
+    def from_identity(cls, reference: str, **options: Any) -> SentenceTransformerEncoder:
+        """The encoder named ``sentence-transformers:<reference>`` (a hub id or an absolute folder)."""
+        return cls(reference, **options)
 
     def __repr__(self) -> str:
         return f"SentenceTransformerEncoder({self.name!r}, device={self.device!r})"

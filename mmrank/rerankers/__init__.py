@@ -1,4 +1,8 @@
-"""Rerankers behind one interface, created by type name from pipeline configs."""
+"""Rerankers behind one interface, created by type name from pipeline configs.
+
+Adding a reranker is one module (a :class:`BaseReranker` dataclass) plus one line in
+:data:`RERANKERS`; code outside mmrank registers its own with :func:`register_reranker`.
+"""
 
 from __future__ import annotations
 
@@ -8,40 +12,67 @@ from importlib import import_module
 from typing import Any
 
 from mmrank.errors import InputError
-from mmrank.rerankers.base import Reranker
+from mmrank.rerankers.base import BaseReranker, Reranker
 
 # type name -> "module:Class"; modules are imported only when a pipeline asks for them.
 RERANKERS: dict[str, str] = {
     "superglobal": "mmrank.rerankers.superglobal:SuperGlobalReranker",
-    "alpha-qe": "mmrank.rerankers.expansion:AlphaQueryExpansion",
-    "alpha-dba": "mmrank.rerankers.expansion:AlphaDatabaseAugmentation",
+    "alpha-qe": "mmrank.rerankers.expansion:AlphaQueryExpansionReranker",
+    "alpha-dba": "mmrank.rerankers.expansion:AlphaDatabaseAugmentationReranker",
     "pointwise": "mmrank.rerankers.pointwise:PointwiseReranker",
     "reasoning": "mmrank.rerankers.reasoning:ReasoningReranker",
-    "sqaf": "mmrank.rerankers.sqaf:CaptionFusion",
+    "sqaf": "mmrank.rerankers.sqaf:CaptionFusionReranker",
     "grid": "mmrank.rerankers.grid:GridReranker",
 }
+
+
+def register_reranker(kind: str, target: str | type) -> None:
+    """Make ``{"type": kind, ...}`` build ``target``: a reranker class, or ``"module:Class"``
+    imported when a pipeline first asks for it."""
+    if not kind or not isinstance(kind, str):
+        raise InputError(f"A reranker type is a non-empty name; got {kind!r}.")
+    RERANKERS[kind] = target if isinstance(target, str) else _target(target)
+
+
+def reranker_class(kind: str) -> type:
+    """The class registered under the type name ``kind``."""
+    if kind not in RERANKERS:
+        known = ", ".join(sorted(RERANKERS)) or "none in this version"
+        raise InputError(f"Unknown reranker type {kind!r}; known types: {known}.")
+    module, _, class_name = RERANKERS[kind].partition(":")
+    return getattr(import_module(module), class_name)
+
+
+def reranker_type(cls: type) -> str:
+    """The type name ``cls`` is registered under (InputError when it is not registered)."""
+    target = _target(cls)
+    for kind, registered in RERANKERS.items():
+        if registered == target:
+            return kind
+    raise InputError(f"{cls.__qualname__} is not a registered reranker type, so a config cannot name it; "
+                     "register it with mmrank.rerankers.register_reranker(type_name, class).")
 
 
 def create_reranker(config: Mapping[str, Any], *, mllm: str | None = None, mllm_url: str | None = None) -> Reranker:
     """Build a reranker from ``{"type": name, **options}``. ``mllm`` / ``mllm_url``, when given,
     replace the model (and server) of rerankers that ask a vision-language model."""
     options = dict(config)
-    kind = options.pop("type", None)
-    if kind not in RERANKERS:
-        known = ", ".join(sorted(RERANKERS)) or "none in this version"
-        raise InputError(f"Unknown reranker type {kind!r}; known types: {known}.")
-    module, _, class_name = RERANKERS[kind].partition(":")
-    reranker_class = getattr(import_module(module), class_name)
-    if getattr(reranker_class, "uses_mllm", False):
+    reranker = reranker_class(options.pop("type", None))
+    if getattr(reranker, "uses_mllm", False):
         if mllm is not None:
             options["model"] = mllm
         if mllm_url is not None:
             options["url"] = mllm_url
     try:
-        inspect.signature(reranker_class).bind(**options)
+        inspect.signature(reranker).bind(**options)
     except TypeError as error:
-        raise InputError(f"Bad options for reranker type {kind!r}: {error}.") from None
-    return reranker_class(**options)
+        raise InputError(f"Bad options for reranker type {config.get('type')!r}: {error}.") from None
+    return reranker(**options)
 
 
-__all__ = ["RERANKERS", "Reranker", "create_reranker"]
+def _target(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+__all__ = ["RERANKERS", "BaseReranker", "Reranker", "create_reranker", "register_reranker", "reranker_class",
+           "reranker_type"]

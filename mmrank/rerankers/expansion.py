@@ -11,8 +11,9 @@ cost what SuperGlobal costs and compose with any first stage:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -83,36 +84,36 @@ def _augment_database(queries, vectors, n: int, alpha: float):
     return queries, _normalise(weighted_neighbour_sum(vectors, neighbours, weights))
 
 
+@dataclasses.dataclass(kw_only=True)
 class _AlphaReranker(VectorReranker):
     """Rescoring the top ``depth`` hits from stored vectors with one of the transforms above
     (each subclass sets ``transform``)."""
 
-    transform: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    transform: ClassVar[Callable[..., tuple[torch.Tensor, torch.Tensor]]]
 
-    def __init__(self, n: int, alpha: float, depth: int, space: str, name: str, device: str) -> None:
-        _check(n, alpha)
-        super().__init__(depth=depth, space=space, name=name, device=device)
-        self.n, self.alpha = n, alpha
+    depth: int = 100
+    n: int = 2
+    alpha: float = 3.0
+
+    def __post_init__(self) -> None:
+        _check(self.n, self.alpha)
+        super().__post_init__()
 
     def rerank_tensors(self, queries, database, ranks):
         return _rescore(queries, database, ranks, self.transform, self.n, self.alpha)
 
 
-class AlphaQueryExpansion(_AlphaReranker):
+@dataclasses.dataclass(kw_only=True)
+class AlphaQueryExpansionReranker(_AlphaReranker):
     """alpha-QE over the top ``n`` hits, rescoring the top ``depth`` hits from stored vectors."""
 
     transform = staticmethod(_expand_queries)
-
-    def __init__(self, n: int = 2, alpha: float = 3.0, *, depth: int = 100, space: str = "image",
-                 name: str = "alpha-qe", device: str = "auto") -> None:
-        super().__init__(n, alpha, depth, space, name, device)
+    name: str = "alpha-qe"
 
 
-class AlphaDatabaseAugmentation(_AlphaReranker):
+@dataclasses.dataclass(kw_only=True)
+class AlphaDatabaseAugmentationReranker(_AlphaReranker):
     """alpha-DBA among the top ``depth`` hits (each augmented by its ``n`` nearest, itself first)."""
 
     transform = staticmethod(_augment_database)
-
-    def __init__(self, n: int = 2, alpha: float = 3.0, *, depth: int = 100, space: str = "image",
-                 name: str = "alpha-dba", device: str = "auto") -> None:
-        super().__init__(n, alpha, depth, space, name, device)
+    name: str = "alpha-dba"

@@ -18,12 +18,11 @@ The reranked top K replaces positions 1..K; the rest keep their order and score.
 
 from __future__ import annotations
 
-import time
+import dataclasses
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from mmrank.documents import DEFAULT_DPI
 from mmrank.errors import InputError
 from mmrank.grid_image import check_geometry, place_order, render_grid
 from mmrank.mllm.base import check_generation_options
@@ -35,7 +34,8 @@ from mmrank.mllm.prompts import (
     GRID_REFERENCE_LABEL,
     GRID_TEXT_TEMPLATE,
 )
-from mmrank.rerankers.mllm_stage import MLLMReranker, OnUnavailable
+from mmrank.rerankers.base import HeadPlace, at_least_one, reorder_head
+from mmrank.rerankers.mllm_stage import PictureMLLMReranker
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -66,7 +66,8 @@ class _Grid:
         self.answer = ""
 
 
-class GridReranker(MLLMReranker):
+@dataclasses.dataclass(kw_only=True)
+class GridReranker(PictureMLLMReranker):
     """Reorders the top ``depth`` (K, default 9) hits from one MLLM call per query over a grid image.
 
     ``mode``: ``generate`` or ``first-token`` (see the module docstring). ``tile`` / ``gutter``:
@@ -82,22 +83,29 @@ class GridReranker(MLLMReranker):
     placed after the ranked ones; each case is noted on the hits.
     """
 
-    def __init__(self, *, model: str | VisionLanguageModel | None = None, url: str | None = None,
-                 model_options: Mapping[str, Any] | None = None, on_unavailable: OnUnavailable = "fail",
-                 dpi: int = DEFAULT_DPI, depth: int = 9, mode: GridMode = "generate", tile: int = 336,
-                 gutter: int = 8, shuffle: bool = False, seed: int = 0, max_new_tokens: int | None = None,
-                 temperature: float = 0.0, batch_size: int = 8, name: str = "grid") -> None:
-        super().__init__(depth=depth, name=name, model=model, url=url, model_options=model_options,
-                         on_unavailable=on_unavailable, dpi=dpi)
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}.")
-        self.max_new_tokens = 4 * depth + 8 if max_new_tokens is None else max_new_tokens
-        check_generation_options(self.max_new_tokens, temperature)
-        check_geometry(tile, gutter)
-        self.mode, self.tile, self.gutter = mode, tile, gutter
-        self.shuffle, self.seed, self.temperature, self.batch_size = shuffle, seed, temperature, batch_size
+    name: str = "grid"
+    depth: int = 9
+    mode: GridMode = "generate"
+    tile: int = 336
+    gutter: int = 8
+    shuffle: bool = False
+    seed: int = 0
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}.")
+        at_least_one("batch_size", self.batch_size)
+        check_generation_options(self.tokens, self.temperature)
+        check_geometry(self.tile, self.gutter)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens a generated answer may take: ``max_new_tokens``, by default 4 K + 8."""
+        return 4 * self.depth + 8 if self.max_new_tokens is None else self.max_new_tokens
 
     # ------------------------------------------------------------------ prompts
     def placement(self, query: Query, count: int) -> list[int]:
@@ -105,7 +113,7 @@ class GridReranker(MLLMReranker):
         key = zlib.crc32((query.id or query.search_text or "").encode()) ^ self.seed
         return place_order(count, self.shuffle, key)
 
-    def build_conversation(self, query: Query, grid: PILImage.Image, count: int) -> Conversation:
+    def grid_conversation(self, query: Query, grid: PILImage.Image, count: int) -> Conversation:
         """The user message: the reference image (composed queries), the grid and the instruction."""
         request = self.question(query)
         example = {1: "1", 2: "2, 1"}.get(count, "3, 1, ...")
@@ -134,14 +142,16 @@ class GridReranker(MLLMReranker):
         if shown:
             grid.tiles = [shown[i] for i in self.placement(query, len(shown))]
             grid.picture = render_grid([pictures[p] for p in grid.tiles], tile=self.tile, gutter=self.gutter)
-            grid.conversation = self.build_conversation(query, grid.picture, len(shown))
+            grid.conversation = self.grid_conversation(query, grid.picture, len(shown))
         return grid
 
     # ---------------------------------------------------------------- reranking
-    def rerank_with(self, model: VisionLanguageModel, queries: Sequence[Query], rankings: Sequence[Ranking],
-                    collection: Collection) -> list[Ranking]:
+    def rerank_batch(self, queries: Sequence[Query], rankings: Sequence[Ranking],
+                     collection: Collection) -> list[Ranking]:
         """One call per ``batch_size`` queries; see the class docstring."""
-        start = time.perf_counter()
+        model, unchanged = self.model_or_fallback(rankings)
+        if model is None:
+            return unchanged
         grids: list[_Grid] = []
         for begin in range(0, len(rankings), self.batch_size):
             batch = [self._prepare(query, ranking) for query, ranking in
@@ -151,12 +161,11 @@ class GridReranker(MLLMReranker):
             if asked:
                 (self._first_token if self.mode == "first-token" else self._generate)(model, asked)
             grids += batch
-        seconds = (time.perf_counter() - start) / max(1, len(rankings))
-        return [self._apply(grid, seconds) for grid in grids]
+        return [self._apply(grid) for grid in grids]
 
     def _generate(self, model: VisionLanguageModel, grids: list[_Grid]) -> None:
         """Each grid's ranked tiles from the model's JSON answer."""
-        generations = model.generate([grid.conversation for grid in grids], max_new_tokens=self.max_new_tokens,
+        generations = model.generate([grid.conversation for grid in grids], max_new_tokens=self.tokens,
                                      temperature=self.temperature, assistant_prefix=GRID_ANSWER_PREFIX)
         for grid, generation in zip(grids, generations, strict=True):
             grid.answer = GRID_ANSWER_PREFIX + generation.text
@@ -177,23 +186,21 @@ class GridReranker(MLLMReranker):
                 shown = ", ".join(f"{tile + 1}: {row[tile]:.3f}" for tile in grid.order)
                 grid.answer = f"first-token probabilities: {shown}"
 
-    def _apply(self, grid: _Grid, seconds: float) -> Ranking:
+    def _apply(self, grid: _Grid) -> Ranking:
         """Ranked tiles, then the tiles the model left out and the candidates left out of the grid, in
         incoming order; then the rest of the ranking."""
-        hits = grid.ranking.hits
         ranked = [grid.tiles[tile] for tile in grid.order]
         rest = sorted(set(range(grid.head)) - set(ranked))
         tile_of = {position: tile for tile, position in enumerate(grid.tiles)}
-        ordered = []
+        head = []
         for rank, position in enumerate(ranked + rest, start=1):
             if position not in tile_of:
                 score = None
             else:
                 score = 1.0 / rank if grid.scores is None else grid.scores[tile_of[position]]
-            ordered.append((hits[position], score, grid.left_out.get(position) or grid.note))
-        ordered += [(hit, None, None) for hit in hits[grid.head:]]
+            head.append(HeadPlace(position, score, grid.left_out.get(position) or grid.note))
         pictures = () if grid.picture is None else (grid.picture,)
-        return grid.ranking.with_stage(self.name, ordered, seconds,
+        return grid.ranking.with_stage(self.name, reorder_head(grid.ranking, head, grid.head),
                                        explanations=(grid.answer,) if grid.answer else (), pictures=pictures)
 
 

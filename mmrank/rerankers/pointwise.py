@@ -14,12 +14,11 @@ keeps its relative place after the scored ones, with a note naming the problem.
 
 from __future__ import annotations
 
+import dataclasses
 import string
-import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from mmrank.documents import DEFAULT_DPI
 from mmrank.errors import InputError
 from mmrank.mllm.base import choice_variants
 from mmrank.mllm.prompts import (
@@ -28,7 +27,8 @@ from mmrank.mllm.prompts import (
     POINTWISE_PLAIN_TEMPLATE,
     answer_instruction,
 )
-from mmrank.rerankers.mllm_stage import MLLMReranker, OnUnavailable
+from mmrank.rerankers.base import HeadPlace, at_least_one, reorder_head
+from mmrank.rerankers.mllm_stage import PictureMLLMReranker
 
 if TYPE_CHECKING:
     from mmrank.collection import Collection
@@ -37,11 +37,10 @@ if TYPE_CHECKING:
 
 BUILT_IN_TEMPLATES = ("auto", "caption", "plain")
 _PLACEHOLDERS = {"question", "caption", "answer"}
-# What the stage said about one candidate: P(relevant) (None when not scored) and a note.
-Verdict = tuple[float | None, str | None]
 
 
-class PointwiseReranker(MLLMReranker):
+@dataclasses.dataclass(kw_only=True)
+class PointwiseReranker(PictureMLLMReranker):
     """Reorders the top ``depth`` hits by P(relevant) from one yes/no question per candidate.
 
     ``template``: ``"auto"`` (the caption template for candidates with a caption, the plain one
@@ -57,24 +56,24 @@ class PointwiseReranker(MLLMReranker):
     splits calls into its own batches). Model options as in :class:`MLLMReranker`.
     """
 
-    def __init__(self, *, model: str | VisionLanguageModel | None = None, url: str | None = None,
-                 model_options: Mapping[str, Any] | None = None, on_unavailable: OnUnavailable = "fail",
-                 dpi: int = DEFAULT_DPI, depth: int = 20, name: str = "pointwise", template: str = "auto",
-                 choices: Sequence[str] = ("Yes", "No"), caption_field: str = "caption",
-                 caption_chars: int = 600, top_n: int | None = None, threshold: float | None = None,
-                 batch_size: int | None = 64) -> None:
-        super().__init__(depth=depth, name=name, model=model, url=url, model_options=model_options,
-                         on_unavailable=on_unavailable, dpi=dpi)
-        self.choices = _check_choices(choices)
-        self.template = template
-        self._fields = _template_fields(template)
-        self.caption_field = caption_field
-        self.caption_chars = _at_least_one("caption_chars", caption_chars)
-        self.top_n = None if top_n is None else _at_least_one("top_n", top_n)
-        self.batch_size = None if batch_size is None else _at_least_one("batch_size", batch_size)
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise InputError(f"threshold must be between 0 and 1 (a probability), got {threshold}.")
-        self.threshold = threshold
+    name: str = "pointwise"
+    depth: int = 20
+    template: str = "auto"
+    choices: Sequence[str] = ("Yes", "No")
+    caption_field: str = "caption"
+    caption_chars: int = 600
+    top_n: int | None = None
+    threshold: float | None = None
+    batch_size: int | None = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.choices = _check_choices(self.choices)
+        self._fields = _template_fields(self.template)
+        for option in ("caption_chars", "top_n", "batch_size"):
+            at_least_one(option, getattr(self, option))
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise InputError(f"threshold must be between 0 and 1 (a probability), got {self.threshold}.")
 
     # ------------------------------------------------------------------ prompts
     def caption(self, item: Item) -> str | None:
@@ -92,12 +91,9 @@ class PointwiseReranker(MLLMReranker):
         caption = self.caption(item)
         return self._template_for(caption).format(question=question, caption=caption or "", answer=answer)
 
-    def build_conversation(self, query: Query, item: Item) -> Conversation:
+    def candidate_conversation(self, question: str, item: Item) -> Conversation:
         """The one user message about ``item``: its picture, then :meth:`prompt`. InputError when the
         picture cannot be loaded or a text item has no text."""
-        return self._conversation(self.question(query), item)
-
-    def _conversation(self, question: str, item: Item) -> Conversation:
         content: list[dict[str, Any]] = []
         if item.kind != "text":
             content.append({"type": "image", "image": self.picture(item)})
@@ -121,49 +117,50 @@ class PointwiseReranker(MLLMReranker):
         return f"no caption (item {source} is empty); {fallback}"
 
     # ---------------------------------------------------------------- reranking
-    def rerank_with(self, model: VisionLanguageModel, queries: Sequence[Query], rankings: Sequence[Ranking],
-                    collection: Collection) -> list[Ranking]:
+    def rerank_batch(self, queries: Sequence[Query], rankings: Sequence[Ranking],
+                     collection: Collection) -> list[Ranking]:
         """Score the top ``depth`` hits of every ranking (one model call unless ``batch_size``)."""
-        start = time.perf_counter()
+        model, unchanged = self.model_or_fallback(rankings)
+        if model is None:
+            return unchanged
         questions = [self.question(query) for query in queries]
         jobs = [(row, position, hit) for row, ranking in enumerate(rankings)
                 for position, hit in enumerate(ranking.hits[:self.depth])]
-        verdicts: list[dict[int, Verdict]] = [{} for _ in rankings]
+        verdicts: list[dict[int, HeadPlace]] = [{} for _ in rankings]
         size = self.batch_size or max(1, len(jobs))
         for begin in range(0, len(jobs), size):
             self._score(model, questions, jobs[begin:begin + size], verdicts)
-        seconds = (time.perf_counter() - start) / max(1, len(rankings))
-        return [self._apply(ranking, verdict, seconds) for ranking, verdict in zip(rankings, verdicts)]
+        return [self._apply(ranking, verdict) for ranking, verdict in zip(rankings, verdicts)]
 
     def _score(self, model: VisionLanguageModel, questions: list[str], jobs: list[tuple[int, int, Hit]],
-               verdicts: list[dict[int, Verdict]]) -> None:
+               verdicts: list[dict[int, HeadPlace]]) -> None:
         """Fill ``verdicts`` for one call's worth of candidates."""
         conversations, asked = [], []
         for row, position, hit in jobs:
             try:
-                conversations.append(self._conversation(questions[row], hit.item))
+                conversations.append(self.candidate_conversation(questions[row], hit.item))
             except (InputError, OSError) as error:
-                verdicts[row][position] = (None, f"not scored: {error}; kept its place after the scored hits")
+                verdicts[row][position] = HeadPlace(
+                    position, None, f"not scored: {error}; kept its place after the scored hits")
                 continue
             asked.append((row, position, hit))
         if not conversations:
             return
         relevant = model.choice_probability(conversations, self.choices)[:, 0]
         for (row, position, hit), probability in zip(asked, relevant):
-            verdicts[row][position] = (float(probability), self._caption_note(hit.item))
+            verdicts[row][position] = HeadPlace(position, float(probability), self._caption_note(hit.item))
 
-    def _apply(self, ranking: Ranking, verdicts: dict[int, Verdict], seconds: float) -> Ranking:
-        """Scored head by P(relevant) (ties in incoming order), unscored head, then the rest."""
-        head = range(min(self.depth, len(ranking.hits)))
-        scored = sorted((i for i in head if verdicts[i][0] is not None), key=lambda i: -verdicts[i][0])
-        unscored = [i for i in head if verdicts[i][0] is None]
-        ordered = [(ranking.hits[i], *verdicts[i]) for i in scored + unscored]
-        ordered += [(hit, None, None) for hit in ranking.hits[self.depth:]]
+    def _apply(self, ranking: Ranking, verdicts: dict[int, HeadPlace]) -> Ranking:
+        """Scored head by P(relevant) (ties in incoming order), unscored head, then the rest; then
+        ``threshold`` and ``top_n``."""
+        head = [verdicts[position] for position in range(min(self.depth, len(ranking.hits)))]
+        scored = sorted((place for place in head if place.score is not None), key=lambda place: -place.score)
+        ordered = reorder_head(ranking, scored + [place for place in head if place.score is None], self.depth)
         if self.threshold is not None:
-            ordered = [entry for entry in ordered if entry[1] is not None and entry[1] >= self.threshold]
+            ordered = [place for place in ordered if place.score is not None and place.score >= self.threshold]
         if self.top_n is not None:
             ordered = ordered[:self.top_n]
-        return ranking.with_stage(self.name, ordered, seconds)
+        return ranking.with_stage(self.name, ordered)
 
 
 def _check_choices(choices: Sequence[str]) -> tuple[str, ...]:
@@ -196,9 +193,3 @@ def _passage(item: Item) -> str:
     if not item.has_text:
         raise InputError(f"Text item {item.id!r} has no text to ask about.")
     return " ".join(item.text.split())
-
-
-def _at_least_one(option: str, value: int) -> int:
-    if value < 1:
-        raise InputError(f"{option} must be at least 1, got {value}.")
-    return value

@@ -15,17 +15,17 @@ of ``batch_size`` windows).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from mmrank.documents import DEFAULT_DPI
 from mmrank.errors import InputError
 from mmrank.mllm.base import check_generation_options
 from mmrank.mllm.parsing import ParsedRanking, parse_answer_ranking
 from mmrank.mllm.prompts import REASONING_IMAGE_LABEL, REASONING_SYSTEM_PROMPT, REASONING_TEMPLATE
-from mmrank.rerankers.mllm_stage import MLLMReranker, OnUnavailable
+from mmrank.rerankers.base import HeadPlace, at_least_one, reorder_head
+from mmrank.rerankers.mllm_stage import PictureMLLMReranker
 
 if TYPE_CHECKING:
     from mmrank.collection import Collection
@@ -64,7 +64,8 @@ class _Progress:
             self.notes.setdefault(position, []).append(text)
 
 
-class ReasoningReranker(MLLMReranker):
+@dataclasses.dataclass(kw_only=True)
+class ReasoningReranker(PictureMLLMReranker):
     """Reorders the top ``depth`` pages with a reasoning listwise model (MM-R5 by default).
 
     ``model``: a Hub id or local folder, run locally (default i2vec/MM-R5), or with ``url`` the
@@ -83,31 +84,36 @@ class ReasoningReranker(MLLMReranker):
     window k is ``explanations[name][k - 1]`` (empty for a window not asked).
     """
 
-    def __init__(self, *, model: str | VisionLanguageModel | None = None, url: str | None = None,
-                 model_options: Mapping[str, Any] | None = None, on_unavailable: OnUnavailable = "fail",
-                 dpi: int = DEFAULT_DPI, depth: int = 20, window: int = 5, stride: int | None = None,
-                 max_new_tokens: int = 1024, temperature: float = 0.0, name: str = "reasoning",
-                 batch_size: int | None = None) -> None:
-        if url is None and model is None:
-            model = MMR5_MODEL
-        if model_options is None:
-            model_options = {"max_pixels": MMR5_MAX_PIXELS}
-        super().__init__(depth=depth, name=name, model=model, url=url, model_options=model_options,
-                         on_unavailable=on_unavailable, dpi=dpi)
-        stride = max(1, window // 2) if stride is None else stride
-        if window < 2 or not 1 <= stride <= window:
-            raise InputError(f"Need window >= 2 and 1 <= stride <= window; got window {window}, stride {stride}.")
-        if batch_size is not None and batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}.")
-        check_generation_options(max_new_tokens, temperature)
-        self.window, self.stride, self.batch_size = window, stride, batch_size
-        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+    default_model: ClassVar[str | None] = MMR5_MODEL
+    default_model_options: ClassVar[dict[str, Any]] = {"max_pixels": MMR5_MAX_PIXELS}
+
+    name: str = "reasoning"
+    depth: int = 20
+    window: int = 5
+    stride: int | None = None
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        stride = self.step
+        if self.window < 2 or not 1 <= stride <= self.window:
+            raise InputError(f"Need window >= 2 and 1 <= stride <= window; got window {self.window}, "
+                             f"stride {stride}.")
+        at_least_one("batch_size", self.batch_size)
+        check_generation_options(self.max_new_tokens, self.temperature)
+
+    @property
+    def step(self) -> int:
+        """How far apart windows start: ``stride``, by default half a window (at least 1)."""
+        return max(1, self.window // 2) if self.stride is None else self.stride
 
     def schedule(self, count: int) -> list[Window]:
         """The windows over a ranking of ``count`` hits (only the first ``depth`` are reranked)."""
-        return window_schedule(min(count, self.depth), self.window, self.stride)
+        return window_schedule(min(count, self.depth), self.window, self.step)
 
-    def build_conversation(self, question: str, items: Sequence[Item]) -> Conversation:
+    def window_conversation(self, question: str, items: Sequence[Item]) -> Conversation:
         """The system prompt and one user message: the instruction with the question and the number
         of pages, then ``Image i:`` and page i for each item. InputError when a picture cannot be
         loaded."""
@@ -118,10 +124,12 @@ class ReasoningReranker(MLLMReranker):
             content.append({"type": "image", "image": self.picture(item)})
         return [{"role": "system", "content": REASONING_SYSTEM_PROMPT}, {"role": "user", "content": content}]
 
-    def rerank_with(self, model: VisionLanguageModel, queries: Sequence[Query], rankings: Sequence[Ranking],
-                    collection: Collection) -> list[Ranking]:
+    def rerank_batch(self, queries: Sequence[Query], rankings: Sequence[Ranking],
+                     collection: Collection) -> list[Ranking]:
         """Slide the windows over every ranking; window k of all rankings go to the model together."""
-        start = time.perf_counter()
+        model, unchanged = self.model_or_fallback(rankings)
+        if model is None:
+            return unchanged
         progress = [
             _Progress(ranking, self.question(query), self.schedule(len(ranking)),
                       list(range(min(self.depth, len(ranking)))))
@@ -131,8 +139,7 @@ class ReasoningReranker(MLLMReranker):
             size = self.batch_size or len(active)
             for begin in range(0, len(active), size):
                 self._step(model, step, active[begin:begin + size])
-        seconds = (time.perf_counter() - start) / max(1, len(rankings))
-        return [self._result(p, seconds) for p in progress]
+        return [self._result(p) for p in progress]
 
     def _step(self, model: VisionLanguageModel, step: int, progress: list[_Progress]) -> None:
         """Ask for window ``step`` of every ranking in ``progress`` and apply the answers."""
@@ -142,7 +149,7 @@ class ReasoningReranker(MLLMReranker):
             positions = entry.order[begin:end]
             try:
                 items = [entry.ranking.hits[position].item for position in positions]
-                conversations.append(self.build_conversation(entry.question, items))
+                conversations.append(self.window_conversation(entry.question, items))
             except (InputError, OSError) as error:
                 entry.note(positions, f"window {step + 1}: not asked: {error}; kept the incoming order")
                 entry.explanations.append("")
@@ -162,12 +169,11 @@ class ReasoningReranker(MLLMReranker):
             if note:
                 entry.note(positions, f"window {step + 1}: {note}")
 
-    def _result(self, entry: _Progress, seconds: float) -> Ranking:
-        hits = entry.ranking.hits
-        ordered = [(hits[position], 1.0 / rank, " | ".join(entry.notes.get(position, [])) or None)
-                   for rank, position in enumerate(entry.order, start=1)]
-        ordered += [(hit, None, None) for hit in hits[len(entry.order):]]
-        return entry.ranking.with_stage(self.name, ordered, seconds, entry.explanations)
+    def _result(self, entry: _Progress) -> Ranking:
+        head = [HeadPlace(position, 1.0 / rank, " | ".join(entry.notes.get(position, [])) or None)
+                for rank, position in enumerate(entry.order, start=1)]
+        return entry.ranking.with_stage(self.name, reorder_head(entry.ranking, head, len(entry.order)),
+                                        explanations=entry.explanations)
 
 
 def _window_note(parsed: ParsedRanking, size: int) -> str | None:

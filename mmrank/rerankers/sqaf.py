@@ -11,7 +11,7 @@ is searched again. Captions are cached on disk, so re-running an evaluation asks
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -23,12 +23,12 @@ from mmrank.captions import CaptionCache, caption_key, default_caption_cache
 from mmrank.encoders import encodes_text
 from mmrank.errors import InputError
 from mmrank.fusion import check_caption_fusion, fuse_caption_vector
-from mmrank.mllm import DEFAULT_MLLM
 from mmrank.mllm.base import check_generation_options
 from mmrank.mllm.prompts import TARGET_CAPTION_PROMPT
-from mmrank.rerankers.mllm_stage import MLLMReranker, OnUnavailable, keep_order
+from mmrank.rerankers.base import at_least_one, keep_order
+from mmrank.rerankers.mllm_stage import MLLMReranker
 from mmrank.retrieval import without_excluded
-from mmrank.types import Hit
+from mmrank.types import Hit, Placement
 
 if TYPE_CHECKING:
     from mmrank.collection import Collection
@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 NOT_COMPOSED = "not a composed query (needs a reference image and a modification text); kept the incoming order"
 
 
-class CaptionFusion(MLLMReranker):
+@dataclasses.dataclass(kw_only=True)
+class CaptionFusionReranker(MLLMReranker):
     """Re-searches the image space with each composed query fused with its target caption.
 
     ``beta`` weighs the caption against the composed query (SQUARE: 0.5, to be tuned on a
@@ -54,25 +55,30 @@ class CaptionFusion(MLLMReranker):
     fused vector replaces ``query_vectors["image"]`` for the stages after this one.
     """
 
-    def __init__(self, *, model: str | VisionLanguageModel | None = None, url: str | None = None,
-                 model_options: Mapping[str, Any] | None = None, on_unavailable: OnUnavailable = "fail",
-                 depth: int = 100, beta: float = 0.5, level: str = "embedding",
-                 prompt: str = TARGET_CAPTION_PROMPT, max_new_tokens: int = 64, temperature: float = 0.0,
-                 cache: bool | str | Path = True, batch_size: int = 16, name: str = "sqaf") -> None:
-        super().__init__(depth=depth, name=name, model=model, url=url, model_options=model_options,
-                         on_unavailable=on_unavailable)
-        check_caption_fusion(beta, level)
-        if "{modification}" not in prompt:
-            raise InputError(f"prompt must contain {{modification}}; got {prompt!r}.")
-        check_generation_options(max_new_tokens, temperature)
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}.")
-        self.beta, self.level, self.prompt = beta, level, prompt
-        self.max_new_tokens, self.temperature, self.batch_size = max_new_tokens, temperature, batch_size
-        self.cache = CaptionCache(None if cache is False else default_caption_cache() if cache is True else cache)
+    name: str = "sqaf"
+    depth: int = 100
+    beta: float = 0.5
+    level: str = "embedding"
+    prompt: str = TARGET_CAPTION_PROMPT
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    cache: bool | str | Path = True
+    batch_size: int = 16
+    captions_cache: CaptionCache = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_caption_fusion(self.beta, self.level)
+        if "{modification}" not in self.prompt:
+            raise InputError(f"prompt must contain {{modification}}; got {self.prompt!r}.")
+        check_generation_options(self.max_new_tokens, self.temperature)
+        at_least_one("batch_size", self.batch_size)
+        cache = self.cache
+        self.captions_cache = CaptionCache(None if cache is False else default_caption_cache() if cache is True
+                                           else cache)
 
     # ---------------------------------------------------------------- captions
-    def build_conversation(self, query: Query) -> Conversation:
+    def caption_conversation(self, query: Query) -> Conversation:
         """The one user message: the reference image, then the prompt with the request."""
         return [{"role": "user", "content": [
             {"type": "image", "image": query.image},
@@ -83,7 +89,7 @@ class CaptionFusion(MLLMReranker):
         caption is missing). None where the model is unavailable and ``on_unavailable`` is
         ``keep-order``."""
         keys = [self.cache_key(query) for query in queries]
-        known: dict[str, str | None] = dict(self.cache.get_many(list(dict.fromkeys(keys))))
+        known: dict[str, str | None] = dict(self.captions_cache.get_many(list(dict.fromkeys(keys))))
         missing = {key: query for key, query in zip(keys, queries) if key not in known}
         if missing:
             known.update(self._ask(list(missing.items())))
@@ -92,35 +98,27 @@ class CaptionFusion(MLLMReranker):
     def cache_key(self, query: Query) -> str:
         """The key of the query's caption in the cache: its reference image's content, the request,
         the model, the prompt and the decoding settings."""
-        return caption_key(query.image, request(query), model=self._model_identity(), prompt=self.prompt,
+        return caption_key(query.image, request(query), model=self.handle.identity, prompt=self.prompt,
                            max_new_tokens=self.max_new_tokens, temperature=self.temperature)
 
     def _ask(self, jobs: list[tuple[str, Query]]) -> dict[str, str | None]:
-        model, _ = self.available_model()
+        model, _ = self.handle.available(self.name)
         if model is None:
             return {key: None for key, _ in jobs}
         written: dict[str, str] = {}
         for start in range(0, len(jobs), self.batch_size):
             chunk = jobs[start:start + self.batch_size]
-            generations = model.generate([self.build_conversation(query) for _, query in chunk],
+            generations = model.generate([self.caption_conversation(query) for _, query in chunk],
                                          max_new_tokens=self.max_new_tokens, temperature=self.temperature)
             found = {key: clean_caption(generation.text) for (key, _), generation in zip(chunk, generations)}
-            self.cache.put_many(found)
+            self.captions_cache.put_many(found)
             written.update(found)
         return written
-
-    def _model_identity(self) -> str:
-        """What names the model in cache keys, without loading it."""
-        if not isinstance(self._model, str) and self._model is not None:
-            return self._model.name
-        options = ",".join(f"{k}={self._model_options[k]!r}" for k in sorted(self._model_options))
-        return f"{self._url or 'local'}|{self._model or DEFAULT_MLLM}|{options}"
 
     # ---------------------------------------------------------------- reranking
     def rerank_batch(self, queries: Sequence[Query], rankings: Sequence[Ranking],
                      collection: Collection) -> list[Ranking]:
         """Caption, fuse and search again for every composed query (see the class docstring)."""
-        start = time.perf_counter()
         composed = [i for i, query in enumerate(queries) if is_composed(query)]
         captions = dict(zip(composed, self.captions([queries[i] for i in composed])))
         usable = [i for i in composed if captions[i]]
@@ -129,21 +127,16 @@ class CaptionFusion(MLLMReranker):
             found = dict(zip(usable, self._search(
                 [queries[i] for i in usable], [rankings[i] for i in usable], [captions[i] for i in usable],
                 collection)))
-        seconds = (time.perf_counter() - start) / max(1, len(rankings))
         items = collection.get_many({item_id for hits, _ in found.values() for item_id, _ in hits})
         results = []
         for i, ranking in enumerate(rankings):
             if i in found:
-                results.append(self._apply(ranking, *found[i], captions[i], items, seconds))
+                results.append(self._apply(ranking, *found[i], captions[i], items))
             else:
                 note = NOT_COMPOSED if i not in captions else (
                     "no caption (model unavailable or empty answer); kept the incoming order")
-                results.append(keep_order(ranking, self.name, note, seconds))
+                results.append(keep_order(ranking, self.name, note))
         return results
-
-    def rerank_with(self, model: VisionLanguageModel, queries: Sequence[Query], rankings: Sequence[Ranking],
-                    collection: Collection) -> list[Ranking]:
-        return self.rerank_batch(queries, rankings, collection)
 
     def _search(self, queries: Sequence[Query], rankings: Sequence[Ranking], captions: Sequence[str],
                 collection: Collection) -> list[tuple[list[tuple[str, float]], np.ndarray]]:
@@ -159,18 +152,18 @@ class CaptionFusion(MLLMReranker):
                                     encoder.encode_texts(list(captions)), self.beta, self.level)
         length = max([self.depth, *(len(r) for r in rankings)])
         wider = length + max(len(q.excluded) for q in queries)
-        hits = collection.search("image", fused, wider, encoder=encoder.name, among=[q.candidates for q in queries])
+        hits = collection.search_vectors("image", fused, wider, encoder=encoder.name, among=[q.candidates for q in queries])
         return list(zip(without_excluded(queries, hits, length), fused))
 
     def _apply(self, ranking: Ranking, hits: list[tuple[str, float]], vector: np.ndarray, caption: str,
-               items: Mapping[str, Any], seconds: float) -> Ranking:
+               items: Mapping[str, Any]) -> Ranking:
         known = {hit.item_id: hit for hit in ranking.hits}
-        ordered = [(known.get(item_id) or Hit(item=items[item_id], score=score), score, None)
+        ordered = [Placement(known.get(item_id) or Hit(item=items[item_id], score=score), score)
                    for item_id, score in hits]
         returned = {item_id for item_id, _ in hits}
-        ordered += [(hit, None, "not returned by the caption-fused search; kept its incoming order")
+        ordered += [Placement(hit, None, "not returned by the caption-fused search; kept its incoming order")
                     for hit in ranking.hits if hit.item_id not in returned]
-        result = ranking.with_stage(self.name, ordered, seconds, explanations=(caption,))
+        result = ranking.with_stage(self.name, ordered, explanations=(caption,))
         return replace(result, query_vectors={**result.query_vectors, "image": vector})
 
 

@@ -13,6 +13,7 @@ queries (CUDA tensors stay on the GPU); :class:`SuperGlobalReranker` is the pipe
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import torch
@@ -101,17 +102,24 @@ def refine_descriptors(vectors, k: int, beta: float):
     return weighted_neighbour_sum(vectors, neighbours, weights / weights.sum(dim=2, keepdim=True))
 
 
+@dataclasses.dataclass(kw_only=True)
 class SuperGlobalReranker(VectorReranker):
     """SuperGlobal refinement as a pipeline stage, on the collection's stored vectors of ``space``.
 
-    ``depth`` defaults to ``m``: the stage looks at the top M hits of the incoming ranking.
+    The stage looks at the top ``m`` hits of the incoming ranking (its ``depth`` is ``m``).
     """
 
-    def __init__(self, m: int = 400, k: int = 9, beta: float = 0.15, *, second_score: SecondScore = "refined",
-                 space: str = "image", name: str = "superglobal", device: str = "auto") -> None:
-        _check_parameters(m, k, beta, second_score)
-        super().__init__(depth=m, space=space, name=name, device=device)
-        self.m, self.k, self.beta, self.second_score = m, k, beta, second_score
+    name: str = "superglobal"
+    depth: int = dataclasses.field(init=False)
+    m: int = 400
+    k: int = 9
+    beta: float = 0.15
+    second_score: SecondScore = "refined"
+
+    def __post_init__(self) -> None:
+        _check_parameters(self.m, self.k, self.beta, self.second_score)
+        self.depth = self.m
+        super().__post_init__()
 
     def rerank_tensors(self, queries, database, ranks):
         return _superglobal(queries, database, ranks, self.m, self.k, self.beta, self.second_score)

@@ -3,20 +3,21 @@ arrays, and the pipeline stage that feeds them a collection's stored vectors."""
 
 from __future__ import annotations
 
-import time
-from abc import ABC, abstractmethod
+import dataclasses
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmrank.errors import InputError
+from mmrank.rerankers.base import BaseReranker, HeadPlace, reorder_head
 
 if TYPE_CHECKING:
     import torch
 
     from mmrank.collection import Collection
-    from mmrank.types import Hit, Query, Ranking
+    from mmrank.types import Query, Ranking
 
 
 def as_tensors(queries: Any, database: Any, ranks: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -114,26 +115,24 @@ def restore_kind(result: torch.Tensor, like: Any) -> Any:
     return result.cpu().numpy().astype(np.asarray(like).dtype, copy=False)
 
 
-class VectorReranker(ABC):
+@dataclasses.dataclass(kw_only=True)
+class VectorReranker(BaseReranker):
     """A pipeline stage that reranks the top ``depth`` hits from stored vectors alone.
 
     Subclasses implement :meth:`rerank_tensors` (queries (Q, D), database (N, D), ranks (Q, R)
     -> reranked ranks and the scores of the reranked head). The query vector is the one the first
     stage searched ``space`` with, or the query encoded by the space's encoder when the first stage
     did not search that space. Hits without a vector in ``space`` keep their relative order after
-    the reranked ones, with a note.
+    the reranked ones, with a note. ``device``: where the tensors go (``auto``: a GPU if present).
     """
 
-    def __init__(self, depth: int, space: str, name: str, device: str = "auto") -> None:
-        self.depth, self.space, self.name, self.device = depth, space, name, device
+    space: str = "image"
+    device: str = "auto"
 
     @abstractmethod
     def rerank_tensors(self, queries: torch.Tensor, database: torch.Tensor,
                        ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reranked (Q, R) ranks and the (Q, H) scores of their first H positions."""
-
-    def rerank(self, query: Query, ranking: Ranking, collection: Collection) -> Ranking:
-        return self.rerank_batch([query], [ranking], collection)[0]
 
     def rerank_batch(self, queries: Sequence[Query], rankings: Sequence[Ranking],
                      collection: Collection) -> list[Ranking]:
@@ -142,11 +141,10 @@ class VectorReranker(ABC):
 
         from mmrank.encoders.base import resolve_device
 
-        start = time.perf_counter()
         device = torch.device(resolve_device(self.device))
         heads = [collection.stored_vectors(ranking.ids[:self.depth], self.space) for ranking in rankings]
         query_vectors = [self._query_vector(query, ranking, collection) for query, ranking in zip(queries, rankings)]
-        orders: list[list[tuple[int, float]]] = [[] for _ in rankings]
+        orders: list[list[tuple[int, float | None]]] = [[] for _ in rankings]
         by_size: dict[int, list[int]] = {}
         for row, (ids, _) in enumerate(heads):
             if ids:
@@ -159,23 +157,15 @@ class VectorReranker(ABC):
             reranked = (reranked - ranks[:, :1]).cpu().numpy()
             scores = scores.float().cpu().numpy()
             for position, row in enumerate(rows):
-                head_scores = list(scores[position]) + [None] * (size - scores.shape[1])
+                head_scores = [float(score) for score in scores[position]] + [None] * (size - scores.shape[1])
                 orders[row] = list(zip(reranked[position].tolist(), head_scores))
-        seconds = (time.perf_counter() - start) / max(1, len(rankings))
-        return [self._apply(ranking, ids, order, seconds)
-                for ranking, (ids, _), order in zip(rankings, heads, orders)]
+        return [self._apply(ranking, ids, order) for ranking, (ids, _), order in zip(rankings, heads, orders)]
 
-    def _apply(self, ranking: Ranking, ids: list[str], order: list[tuple[int, float | None]],
-               seconds: float) -> Ranking:
-        hits = {hit.item_id: hit for hit in ranking.hits}
-        ordered: list[tuple[Hit, float | None, str | None]] = [
-            (hits[ids[index]], None if score is None else float(score), None) for index, score in order]
-        with_vectors = set(ids)
-        head = ranking.hits[:self.depth]
-        ordered += [(hit, None, f"no {self.space} vector; kept its place after the reranked hits")
-                    for hit in head if hit.item_id not in with_vectors]
-        ordered += [(hit, None, None) for hit in ranking.hits[self.depth:]]
-        return ranking.with_stage(self.name, ordered, seconds)
+    def _apply(self, ranking: Ranking, ids: list[str], order: list[tuple[int, float | None]]) -> Ranking:
+        position = {hit.item_id: index for index, hit in enumerate(ranking.hits[:self.depth])}
+        head = [HeadPlace(position[ids[index]], score) for index, score in order]
+        note = f"no {self.space} vector; kept its place after the reranked hits"
+        return ranking.with_stage(self.name, reorder_head(ranking, head, self.depth, unplaced_note=note))
 
     def _query_vector(self, query: Query, ranking: Ranking, collection: Collection) -> np.ndarray:
         searched = ranking.query_vectors.get(self.space)

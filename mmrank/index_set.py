@@ -1,0 +1,190 @@
+"""The derived indexes of a collection: a FAISS index per vector space and BM25 over item texts.
+
+They are built from the item store at one database revision, saved under revision-named folders
+(``index/<space>.r<N>/``, ``bm25.r<N>/``) and published by atomically replacing the manifest, so
+readers always see a complete set. Stale or missing indexes are rebuilt from the database: in
+place when the collection's folder is writable, else in memory for this process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+
+from mmrank.errors import CollectionError, EncoderMismatchError, InputError
+
+if TYPE_CHECKING:
+    from mmrank.index import VectorIndex
+    from mmrank.item_store import ItemStore
+    from mmrank.lexical import BM25Index
+    from mmrank.manifest import Manifest
+
+Hits = list[tuple[str, float]]
+QueryT = TypeVar("QueryT")
+BM25 = "bm25"
+
+
+def search_among(queries: Sequence[QueryT], among: Sequence[Iterable[str] | None] | None,
+                 search_all: Callable[[list[QueryT]], list[Hits]],
+                 search_subset: Callable[[QueryT, Iterable[str]], Hits]) -> list[Hits]:
+    """Each query's hits: the queries whose ``among`` entry is None through ``search_all`` in one
+    call, the others one at a time through ``search_subset`` over their own item ids."""
+    among = list(among) if among is not None else [None] * len(queries)
+    if len(among) != len(queries):
+        raise InputError(f"among has {len(among)} entries for {len(queries)} queries; give one per query.")
+    results: list[Hits] = [[] for _ in queries]
+    open_rows = [row for row, subset in enumerate(among) if subset is None]
+    if open_rows:
+        for row, hits in zip(open_rows, search_all([queries[row] for row in open_rows])):
+            results[row] = hits
+    for row, subset in enumerate(among):
+        if subset is not None:
+            results[row] = search_subset(queries[row], subset)
+    return results
+
+
+class IndexSet:
+    """The FAISS and BM25 indexes of the collection in ``folder``, over ``store``'s contents, as
+    ``manifest`` publishes them; FAISS indexes run on ``device``."""
+
+    def __init__(self, folder: Path, store: ItemStore, manifest: Manifest, device: str = "auto") -> None:
+        self.folder, self.store, self.manifest, self.device = folder, store, manifest, device
+        self._vectors: dict[str, VectorIndex] = {}
+        self._bm25: BM25Index | None = None
+        self._revision: int | None = None  # the store revision the loaded indexes belong to
+
+    # ----------------------------------------------------------------- searching
+    def search_vectors(self, space: str, queries: np.ndarray, k: int, *,
+                       among: Sequence[Iterable[str] | None] | None = None) -> list[Hits]:
+        """Nearest items of each query vector in ``space`` as (item id, inner product) lists.
+        ``among`` (one entry per query) restricts a query to the given item ids, scored exactly
+        from their stored vectors; None entries search the whole index."""
+        dim = self.manifest.space(space).dim
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if queries.shape[1] != dim:
+            raise EncoderMismatchError(
+                f"{self.folder}: query vectors have {queries.shape[1]} dimensions; the collection's "
+                f"{space} vectors have {dim}.")
+
+        def search_all(rows: list[np.ndarray]) -> list[Hits]:
+            index = self.vector_index(space)
+            if not len(index):
+                return [[] for _ in rows]
+            ids, scores = index.search(np.stack(rows), k)
+            return [list(zip(row_ids, map(float, row_scores))) for row_ids, row_scores in zip(ids, scores)]
+
+        def search_subset(query: np.ndarray, subset: Iterable[str]) -> Hits:
+            found, matrix = self.store.stored_vectors(sorted(subset), space, dim)
+            scores = matrix @ query
+            return [(found[i], float(scores[i])) for i in np.argsort(-scores, kind="stable")[:k]]
+
+        return search_among(list(queries), among, search_all, search_subset)
+
+    def search_bm25(self, texts: Sequence[str], k: int, *,
+                    among: Sequence[Iterable[str] | None] | None = None) -> list[Hits]:
+        """BM25 over item texts: (item id, BM25 score) lists, best first, positive scores only.
+        ``among`` restricts queries to item ids as in :meth:`search_vectors`."""
+        return search_among(list(texts), among, lambda batch: self.bm25_index().search(batch, k),
+                            lambda text, subset: self.bm25_index().search_within(text, subset, k))
+
+    # ----------------------------------------------------------------- loading
+    def vector_index(self, space: str) -> VectorIndex:
+        """The FAISS index of ``space``: the published one when current, else built now."""
+        self.manifest.space(space)  # CollectionError for a space the collection lacks
+        self._forget_if_stale()
+        if space not in self._vectors:
+            from mmrank.index import VectorIndex
+
+            published = self.manifest.index_files.get(space)
+            if self._published_current() and published:
+                self._vectors[space] = VectorIndex.load(self.folder / published, device=self.device)
+            elif self._writable:
+                self.build()
+            else:
+                self._vectors[space] = self._build_vector_index(space)
+        return self._vectors[space]
+
+    def bm25_index(self) -> BM25Index:
+        """The BM25 index over item texts: the published one when current, else built now."""
+        self._forget_if_stale()
+        if self._bm25 is None:
+            from mmrank.lexical import BM25Index
+
+            published = self.manifest.index_files.get(BM25)
+            if self._published_current() and published:
+                self._bm25 = BM25Index.load(self.folder / published)
+            elif self._writable:
+                self.build()
+            elif self.store.has_text:
+                self._bm25 = BM25Index.build(*self.store.texts())
+        if self._bm25 is None:
+            raise CollectionError(f"{self.folder}: no item has text, so there is nothing for BM25 to search.")
+        return self._bm25
+
+    # ----------------------------------------------------------------- building
+    def build(self) -> None:
+        """Bring every index up to date with the database and publish them atomically."""
+        revision = self.store.revision
+        if self.manifest.index_revision == revision and self._published_files_exist():
+            return
+        (self.folder / "index").mkdir(exist_ok=True)
+        self._vectors, self._bm25, self._revision = {}, None, revision
+        files: dict[str, str] = {}
+        for space in self.manifest.spaces:
+            index = self._build_vector_index(space)
+            files[space] = f"index/{space}.r{revision}"
+            index.save(self.folder / files[space])
+            self._vectors[space] = index
+        if self.store.has_text:
+            from mmrank.lexical import BM25Index
+
+            self._bm25 = BM25Index.build(*self.store.texts())
+            files[BM25] = f"bm25.r{revision}"
+            self._bm25.save(self.folder / files[BM25])
+        previous = self.manifest.index_files
+        self.manifest.publish(files, revision, self.store.counts())
+        for relative in set(previous.values()) - set(files.values()):
+            shutil.rmtree(self.folder / relative, ignore_errors=True)
+
+    def forget(self) -> None:
+        """Drop the loaded indexes (e.g. after the index type changed)."""
+        self._vectors, self._bm25 = {}, None
+
+    def _build_vector_index(self, space: str) -> VectorIndex:
+        from mmrank.index import VectorIndex
+
+        factory = self.manifest.index_factory
+        dim = self.manifest.space(space).dim
+        ids, vectors = self.store.all_vectors(space, dim)
+        index = VectorIndex(dim, factory, device=self.device)
+        if ids:
+            try:
+                index.add(ids, vectors)
+            except InputError as error:
+                raise CollectionError(
+                    f"{self.folder}: cannot build its '{factory}' index over {len(ids)} {space} "
+                    f"vectors ({error}) The vectors are stored: choose another index type (e.g. "
+                    "--index-factory Flat) and only the index is rebuilt."
+                ) from error
+        return index
+
+    def _forget_if_stale(self) -> None:
+        revision = self.store.revision
+        if revision != self._revision:
+            self.forget()
+            self._revision = revision
+
+    def _published_current(self) -> bool:
+        return self.manifest.index_revision == self.store.revision
+
+    def _published_files_exist(self) -> bool:
+        return all((self.folder / f).exists() for f in self.manifest.index_files.values())
+
+    @property
+    def _writable(self) -> bool:
+        return os.access(self.folder, os.W_OK)

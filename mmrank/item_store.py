@@ -1,0 +1,240 @@
+"""The source of truth of a collection: items, the files they came from and their vectors, in SQLite.
+
+Every write is one transaction that also bumps the database's revision number, so a build that is
+killed (even with SIGKILL) loses at most the batch in flight, and derived indexes know whether
+they are current (they record the revision they were built at).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mmrank.errors import InputError, listing
+from mmrank.types import Item
+
+if TYPE_CHECKING:
+    from mmrank.ingest import Fingerprint
+
+DATABASE = "items.sqlite"
+SQL_BATCH = 500  # ids per "IN (...)" query, well under SQLite's parameter limit
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS items (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, source TEXT, page INTEGER, text TEXT,
+    metadata TEXT NOT NULL, file TEXT REFERENCES files(path) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS items_file ON items(file);
+CREATE TABLE IF NOT EXISTS vectors (
+    item_id TEXT NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+    space TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (item_id, space)
+);
+INSERT OR IGNORE INTO meta VALUES ('revision', '0');
+"""
+_ITEM_COLUMNS = "id, kind, source, page, text, metadata"
+
+# Vectors per space to store: (item ids, float32 matrix with one row per id).
+VectorBatch = Mapping[str, tuple[Sequence[str], np.ndarray]]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One source file in the collection and the items it produced."""
+
+    path: str
+    items: list[Item]
+    fingerprint: Fingerprint
+
+
+class ItemStore:
+    """Items, files and vectors of one collection in the SQLite file ``path``.
+
+    ``name`` is how error messages name the collection (its folder). Vectors are stored as float32
+    blobs without checks: the caller checks shapes against the vector space first.
+    """
+
+    def __init__(self, path: Path, name: str | Path | None = None) -> None:
+        self.path = path
+        self.name = str(name or path)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA foreign_keys = ON")
+
+    @classmethod
+    def create(cls, path: Path, name: str | Path | None = None) -> ItemStore:
+        """A new, empty database at ``path``."""
+        database = sqlite3.connect(path)
+        database.executescript(_SCHEMA)
+        database.close()
+        return cls(path, name)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ----------------------------------------------------------------- counts
+    @property
+    def revision(self) -> int:
+        """Bumped by every write that changes items or vectors."""
+        return int(self._db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    def counts(self) -> dict[str, object]:
+        """Items, files and vectors per space."""
+        return {
+            "items": len(self),
+            "files": self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0],
+            "vectors": dict(self._db.execute("SELECT space, COUNT(*) FROM vectors GROUP BY space")),
+        }
+
+    def items_by_kind(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT kind, COUNT(*) FROM items GROUP BY kind"))
+
+    def count_with_text(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM items WHERE text IS NOT NULL AND text != ''").fetchone()[0]
+
+    @property
+    def has_text(self) -> bool:
+        return self._db.execute(
+            "SELECT EXISTS(SELECT 1 FROM items WHERE text IS NOT NULL AND text != '')").fetchone()[0] == 1
+
+    # ----------------------------------------------------------------- writing
+    @contextmanager
+    def transaction(self, bump: bool = True) -> Iterator[None]:
+        """One write transaction (taken at once, so writers queue); ``bump`` raises the revision."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            if bump:
+                self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def file_fingerprint(self, path: str) -> Fingerprint | None:
+        from mmrank.ingest import Fingerprint
+
+        row = self._db.execute("SELECT size, mtime_ns, sha256 FROM files WHERE path = ?", (path,)).fetchone()
+        return Fingerprint(*row) if row else None
+
+    def touch_file(self, path: str, fingerprint: Fingerprint) -> None:
+        """Record a new modification time for a file whose content did not change."""
+        with self.transaction(bump=False):
+            self._db.execute("UPDATE files SET mtime_ns = ? WHERE path = ?", (fingerprint.mtime_ns, path))
+
+    def replace_files(self, entries: Sequence[FileEntry], vectors: VectorBatch) -> None:
+        """Store files with their items and vectors in one transaction, replacing what an earlier
+        version of each file produced."""
+        with self.transaction():
+            for entry in entries:
+                self._db.execute("DELETE FROM files WHERE path = ?", (entry.path,))
+                fp = entry.fingerprint
+                self._db.execute("INSERT INTO files VALUES (?, ?, ?, ?)", (entry.path, fp.size, fp.mtime_ns, fp.sha256))
+                self._insert_items(entry.items, file=entry.path)
+            self._insert_vectors(vectors)
+
+    def add(self, items: Sequence[Item], vectors: VectorBatch) -> None:
+        """Add items that come from no file with their vectors, in one transaction; existing ids
+        raise InputError."""
+        with self.transaction():
+            self._insert_items(items, file=None)
+            self._insert_vectors(vectors)
+
+    def remove(self, ids: Iterable[str]) -> int:
+        """Remove items (and their vectors) by id; returns how many existed."""
+        with self.transaction():
+            return sum(self._db.execute(f"DELETE FROM items WHERE id IN ({_marks(chunk)})", chunk).rowcount
+                       for chunk in _chunks(list(ids)))
+
+    def _insert_items(self, items: Sequence[Item], file: str | None) -> None:
+        try:
+            self._db.executemany(
+                "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(i.id, i.kind, i.source, i.page, i.text, json.dumps(dict(i.metadata)), file) for i in items],
+            )
+        except sqlite3.IntegrityError as error:
+            existing = list(self.get_many(i.id for i in items))
+            raise InputError(
+                f"{self.name}: already in the collection: {listing(existing)}." if existing
+                else f"{self.name}: the same item id appears twice in one batch ({error})."
+            ) from error
+
+    def _insert_vectors(self, vectors: VectorBatch) -> None:
+        for space, (ids, matrix) in vectors.items():
+            matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+            self._db.executemany("INSERT INTO vectors VALUES (?, ?, ?)",
+                                 [(item_id, space, row.tobytes()) for item_id, row in zip(ids, matrix)])
+
+    # ----------------------------------------------------------------- reading
+    def get_many(self, ids: Iterable[str]) -> dict[str, Item]:
+        """Items by id (missing ids are left out)."""
+        found: dict[str, Item] = {}
+        for chunk in _chunks(list(ids)):
+            rows = self._db.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE id IN ({_marks(chunk)})", chunk)
+            found.update((row[0], _item_from_row(row)) for row in rows)
+        return found
+
+    def items(self) -> Iterator[Item]:
+        """Every item, in insertion order."""
+        rows = self._db.execute(f"SELECT {_ITEM_COLUMNS} FROM items ORDER BY rowid").fetchall()
+        return (_item_from_row(row) for row in rows)
+
+    def texts(self) -> tuple[list[str], list[str]]:
+        """Ids and texts of the items that have text, in insertion order."""
+        rows = self._db.execute(
+            "SELECT id, text FROM items WHERE text IS NOT NULL AND text != '' ORDER BY rowid").fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    def stored_vectors(self, ids: Sequence[str], space: str, dim: int) -> tuple[list[str], np.ndarray]:
+        """The ids among ``ids`` that have a vector in ``space`` (in the given order, once each), and
+        those vectors as a (found, ``dim``) float32 matrix."""
+        by_id: dict[str, bytes] = {}
+        for chunk in _chunks(list(ids)):
+            by_id.update(self._db.execute(
+                f"SELECT item_id, vector FROM vectors WHERE space = ? AND item_id IN ({_marks(chunk)})",
+                [space, *chunk]))
+        found = [i for i in dict.fromkeys(ids) if i in by_id]
+        return found, _matrix([by_id[i] for i in found], dim)
+
+    def all_vectors(self, space: str, dim: int) -> tuple[list[str], np.ndarray]:
+        """Every vector of ``space`` with its item id, in insertion order."""
+        rows = self._db.execute("SELECT item_id, vector FROM vectors WHERE space = ? ORDER BY rowid", (space,))
+        ids, blobs = [], []
+        for item_id, blob in rows:
+            ids.append(item_id)
+            blobs.append(blob)
+        return ids, _matrix(blobs, dim, writable=False)
+
+
+def _matrix(blobs: list[bytes], dim: int, writable: bool = True) -> np.ndarray:
+    """float32 blobs as one (len(blobs), dim) matrix (read-only unless ``writable``, which copies)."""
+    if not blobs:
+        return np.zeros((0, dim), dtype=np.float32)
+    matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
+    return matrix.copy() if writable else matrix
+
+
+def _item_from_row(row: tuple) -> Item:
+    item_id, kind, source, page, text, metadata = row
+    return Item(id=item_id, kind=kind, source=source, page=page, text=text, metadata=json.loads(metadata))
+
+
+def _marks(chunk: list) -> str:
+    return ",".join("?" * len(chunk))
+
+
+def _chunks(values: list, size: int = SQL_BATCH) -> Iterator[list]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]

@@ -1,0 +1,133 @@
+"""A collection's ``manifest.json``: its format, its vector spaces and the encoder of each, and the
+derived index files published for a database revision. Every change is written atomically."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mmrank.errors import CollectionError, EncoderMismatchError
+from mmrank.files import write_json_atomic
+
+FORMAT = "mmrank.collection"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Space:
+    """A vector space of the collection: which encoder made its vectors, and their dimension."""
+
+    name: str
+    encoder: str
+    dim: int
+
+
+class Manifest:
+    """The manifest of the collection in ``folder``; use :meth:`create` or :meth:`read`."""
+
+    def __init__(self, folder: Path, data: dict[str, Any]) -> None:
+        self.folder = folder
+        self.data = data
+
+    @classmethod
+    def create(cls, folder: Path, index_factory: str = "Flat") -> Manifest:
+        now = _now()
+        manifest = cls(folder, {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": now,
+            "updated": now,
+            "spaces": {},
+            "index": {"factory": index_factory, "files": {}, "revision": -1},
+            "counts": {"items": 0, "files": 0, "vectors": {}},
+        })
+        manifest.write()
+        return manifest
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        """The manifest in ``folder``; CollectionError when it is corrupted or of another version."""
+        path = folder / MANIFEST
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CollectionError(f"{path}: corrupted manifest, not valid JSON ({error}).") from error
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise CollectionError(f"{path}: not an mmrank collection manifest.")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CollectionError(
+                f"{path}: collection format version {version!r} is not supported by this mmrank "
+                f"(it reads version {FORMAT_VERSION}).")
+        for key in ("spaces", "index", "counts", "created"):
+            if key not in data:
+                raise CollectionError(f"{path}: corrupted manifest, '{key}' is missing.")
+        return cls(folder, data)
+
+    def write(self) -> None:
+        self.data["updated"] = _now()
+        write_json_atomic(self.folder / MANIFEST, self.data, indent=2, sort_keys=True)
+
+    # ----------------------------------------------------------------- vector spaces
+    @property
+    def spaces(self) -> dict[str, Space]:
+        return {name: Space(name, s["encoder"], s["dim"]) for name, s in self.data["spaces"].items()}
+
+    def space(self, name: str) -> Space:
+        """The space ``name``; CollectionError when the collection has none."""
+        known = self.data["spaces"].get(name)
+        if known is None:
+            raise CollectionError(f"{self.folder}: the collection has no {name} vectors.")
+        return Space(name, known["encoder"], known["dim"])
+
+    def bind_encoder(self, space: str, encoder: str, dim: int) -> None:
+        """Record which encoder fills ``space``; refuse an encoder other than the recorded one."""
+        if space in self.data["spaces"]:
+            self.check_encoder(space, encoder, dim)
+        else:
+            self.data["spaces"][space] = {"encoder": encoder, "dim": int(dim)}
+            self.write()
+
+    def check_encoder(self, space: str, encoder: str, dim: int | None = None) -> None:
+        """Raise EncoderMismatchError unless ``encoder`` is the one ``space`` was built with."""
+        known = self.space(space)
+        if known.encoder != encoder or (dim is not None and known.dim != dim):
+            raise EncoderMismatchError(
+                f"{self.folder}: its {space} vectors were made by '{known.encoder}' "
+                f"({known.dim} dimensions), but the query was encoded by '{encoder}'. "
+                f"Use the same model, or build a new collection with '{encoder}'."
+            )
+
+    # ----------------------------------------------------------------- published indexes
+    @property
+    def index_factory(self) -> str:
+        return self.data["index"]["factory"]
+
+    @property
+    def index_revision(self) -> int:
+        """The database revision the published indexes were built at (-1: none)."""
+        return self.data["index"]["revision"]
+
+    @property
+    def index_files(self) -> dict[str, str]:
+        """Published index folders, relative to the collection: per vector space, and ``bm25``."""
+        return dict(self.data["index"]["files"])
+
+    def set_index_factory(self, factory: str) -> None:
+        """Change the FAISS index type; the published indexes no longer count."""
+        self.data["index"].update(factory=factory, revision=-1)
+        self.write()
+
+    def publish(self, files: dict[str, str], revision: int, counts: dict[str, Any]) -> None:
+        """Point at new index files built at ``revision``, with the counts they were built from."""
+        self.data["index"].update(files=files, revision=revision)
+        self.data["counts"] = counts
+        self.write()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
