@@ -29,7 +29,7 @@ from timing import timed  # noqa: E402
 from mmrank.mllm.hf import DEFAULT_MAX_PIXELS, HFVisionLanguageModel  # noqa: E402
 from mmrank.rerankers.pointwise import PointwiseReranker  # noqa: E402
 from mmrank.rerankers.reasoning import ReasoningReranker  # noqa: E402
-from mmrank.types import Item, Query  # noqa: E402
+from mmrank.types import Item  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny-qwen2-vl"
 PROCESSOR_FILES = ("chat_template.jinja", "processor_config.json", "tokenizer.json", "tokenizer_config.json")

@@ -12,7 +12,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from mmrank.datasets import known_kinds
+from mmrank.encoders import ENCODERS
 from mmrank.errors import MMRankError
+from mmrank.rerankers import RERANKERS
+from mmrank.resources import bundled_pipelines
 
 REPORT_HITS = 10  # hits per query on an eval --report sheet
 
@@ -30,6 +34,8 @@ MLLMOption = Annotated[Optional[str], typer.Option(
     "--mllm", help="Vision-language model for the pipeline's MLLM rerankers: a Hugging Face id or a local "
                    "model folder (with --mllm-url: the model name the server serves).",
     show_default="the pipeline's")]
+PIPELINE_HELP = (f"Pipeline YAML file, or the name of a bundled one: {', '.join(bundled_pipelines())}. "
+                 f"Stage types for a YAML of your own: {', '.join(RERANKERS)}.")
 MLLMUrlOption = Annotated[Optional[str], typer.Option(
     "--mllm-url", help="An OpenAI-compatible server (vLLM, SGLang) to run the MLLM rerankers, e.g. "
                        "http://localhost:8000.", show_default=False)]
@@ -45,7 +51,8 @@ def index(
         show_default="the collection's, else all-MiniLM-L6-v2")] = None,
     image_model: Annotated[Optional[str], typer.Option(
         help="Image model: an open_clip model, passed unchanged (a built-in name with "
-             "--image-pretrained, hf-hub:org/repo or local-dir:/path), or a CNN with GeM pooling, "
+             "--image-pretrained, hf-hub:org/repo or local-dir:/path), or an encoder name of a registered "
+             f"kind ({', '.join(f'{kind}:...' for kind in ENCODERS)}), such as a CNN with GeM pooling, "
              "gem:<timm backbone>[/gem|gem+|regional-gem|scale-gem|superglobal][;checkpoint=PATH]. "
              "Loaded only when images need it.",
         show_default="the collection's, else ViT-B-32")] = None,
@@ -115,8 +122,7 @@ def search(
         "--text", "-t", help="The text as an option instead of an argument, e.g. with --image: "
                              "--image ref.jpg --text 'make it red'.", show_default=False)] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", help="How many results.")] = 10,
-    pipeline: Annotated[Optional[str], typer.Option(
-        help="Pipeline YAML file, or the name of a bundled one (e.g. docqa-text).")] = None,
+    pipeline: Annotated[Optional[str], typer.Option(help=PIPELINE_HELP, show_default="docqa-text")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of hits.")] = False,
     report: Annotated[Optional[Path], typer.Option(
         help="Also write an HTML sheet: thumbnails, every stage's score and rank per hit, how far it "
@@ -198,14 +204,13 @@ def info(
 def evaluate(
     dataset_root: Annotated[Path, typer.Argument(metavar="DATASET", help="The dataset's folder.")],
     dataset_format: Annotated[str, typer.Option(
-        "--format", help="Dataset layout: beir, roxford5k, rparis6k, mmdocir, vidore, cirr, circo, "
-                         "fashioniq.")] = "beir",
+        "--format", help=f"Dataset layout: {', '.join(known_kinds())}.")] = "beir",
     split: Annotated[Optional[str], typer.Option(help="Which split's judgements to use.",
                                                  show_default="the dataset's own")] = None,
     option: Annotated[Optional[list[str]], typer.Option(
         "--option", "-O", help="A loader option as KEY=VALUE, e.g. -O protocol=hard (repeatable).",
         show_default=False)] = None,
-    pipeline: Annotated[str, typer.Option(help="Pipeline YAML file or bundled name.")] = "docqa-text",
+    pipeline: Annotated[str, typer.Option(help=PIPELINE_HELP)] = "docqa-text",
     collection_path: Annotated[Optional[Path], typer.Option(
         "--collection", help="Keep the encoded corpus in this collection folder (reused next time).",
         show_default="a temporary folder")] = None,
@@ -318,9 +323,20 @@ def _pipeline(name: str | None, collection, mllm: str | None, mllm_url: str | No
 
     runner = Pipeline.from_yaml(name, collection, mllm=mllm, mllm_url=mllm_url) if name else Pipeline(collection)
     if (mllm or mllm_url) and not any(getattr(r, "uses_mllm", False) for r in runner.rerankers):
-        raise InputError(f"--mllm/--mllm-url need a pipeline with an MLLM reranker (e.g. --pipeline "
-                         f"docqa-ragllava, docqa-mmr5 or cir-square); {name or 'the default pipeline'} has none.")
+        raise InputError(f"--mllm/--mllm-url need a pipeline with an MLLM reranker (bundled: "
+                         f"{', '.join(_mllm_pipelines())}); {name or 'the default pipeline'} has none.")
     return runner
+
+
+def _mllm_pipelines() -> list[str]:
+    """The bundled pipelines with a stage that asks a vision-language model."""
+    from mmrank.config import read_yaml
+    from mmrank.rerankers import reranker_class
+    from mmrank.resources import PIPELINES_DIR
+
+    return [name for name in bundled_pipelines()
+            if any(getattr(reranker_class(stage.get("type")), "uses_mllm", False)
+                   for stage in (read_yaml(PIPELINES_DIR / f"{name}.yaml") or {}).get("rerankers") or [])]
 
 
 def _key_values(pairs: list[str]) -> dict[str, object]:

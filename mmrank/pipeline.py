@@ -14,7 +14,7 @@ from mmrank.collection import Collection
 from mmrank.config import apply_overrides, read_yaml, to_yaml
 from mmrank.errors import InputError
 from mmrank.rerankers import Reranker, create_reranker
-from mmrank.resources import PIPELINES_DIR
+from mmrank.resources import PIPELINES_DIR, bundled_pipelines
 from mmrank.retrieval import HybridRetriever
 from mmrank.types import Query, Ranking
 
@@ -114,11 +114,6 @@ def rerank_all(reranker: Reranker, queries: Sequence[Query], rankings: Sequence[
     reranked = reranker.rerank_batch(queries, rankings, collection)
     seconds = (time.perf_counter() - start) / max(1, len(rankings))
     return [ranking.with_timing(reranker.name, seconds) for ranking in reranked]
-
-
-def bundled_pipelines() -> list[str]:
-    """The names of the pipelines that come with mmrank."""
-    return sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml")) if PIPELINES_DIR.is_dir() else []
 
 
 def resolve_pipeline_path(path: str | Path) -> Path:

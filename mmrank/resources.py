@@ -18,3 +18,8 @@ def bundled_dir(name: str) -> Path:
 
 PIPELINES_DIR = bundled_dir("pipelines")
 ASSETS_DIR = bundled_dir("assets")
+
+
+def bundled_pipelines() -> list[str]:
+    """The names of the pipelines that come with mmrank (``docqa-text`` ...)."""
+    return sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml")) if PIPELINES_DIR.is_dir() else []

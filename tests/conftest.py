@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tiny_mllm import FIXTURE_DIR
-from tiny_models import build_tiny_clip
+from tests.tiny_mllm import FIXTURE_DIR
+from tests.tiny_models import build_tiny_clip
+from tests.paths import ASSETS
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from mmrank.manifest import MANIFEST
-from sample_files import make_image, make_messy_folder, make_pdf
+from tests.sample_files import make_image, make_messy_folder, make_pdf
+from tests.paths import ASSETS
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def test_help_is_fast_and_imports_nothing_heavy():

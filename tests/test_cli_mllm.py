@@ -4,10 +4,9 @@ pipeline's MLLM stage; --mllm on a pipeline without one is an error, not silentl
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from tests.paths import ASSETS
 
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 

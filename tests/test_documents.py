@@ -7,7 +7,7 @@ import pytest
 from mmrank.documents import read_pdf, render_page
 from mmrank.errors import InputError
 from mmrank.ingest import discover, fingerprint, read_items
-from sample_files import make_image, make_messy_folder, make_pdf
+from tests.sample_files import make_image, make_messy_folder, make_pdf
 
 
 def test_read_pdf_gives_each_page_its_text(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from test_datasets_mmdocir import write_mmdocir
-from test_datasets_vidore import write_qa
+from tests.datasets.test_mmdocir import write_mmdocir
+from tests.datasets.test_vidore import write_qa
 
 
 def test_mmdocir_reports_micro_and_macro_recall(tmp_path, run_cli, minilm):

@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 from PIL import Image
+from tests.paths import IMAGES
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "images"
 DATABASE = ["astronaut", "cat", "coffee", "coins", "rocket", "dahlia"]
 
 
@@ -18,9 +18,9 @@ def _write_oxford(root: Path) -> Path:
     folder = root / "roxford5k"
     (folder / "jpg").mkdir(parents=True)
     for name in DATABASE:
-        shutil.copy(ASSETS / f"{name}.jpg", folder / "jpg" / f"{name}.jpg")
-    full = [0.0, 0.0, *Image.open(ASSETS / "cat.jpg").size]
-    rocket = [0.0, 0.0, *Image.open(ASSETS / "rocket.jpg").size]
+        shutil.copy(IMAGES / f"{name}.jpg", folder / "jpg" / f"{name}.jpg")
+    full = [0.0, 0.0, *Image.open(IMAGES / "cat.jpg").size]
+    rocket = [0.0, 0.0, *Image.open(IMAGES / "rocket.jpg").size]
     # The queries are uncropped copies of database images, so each finds its copy first.
     gnd = {"imlist": DATABASE, "qimlist": ["cat", "rocket"],
            "gnd": [{"bbx": full, "easy": [], "hard": [1], "junk": [2]},

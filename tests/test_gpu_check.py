@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.paths import REPO
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import pytest
 from mmrank import faiss_tools
 from mmrank.errors import CollectionError, InputError, MMRankError
 from mmrank.index import VectorIndex
+from tests.paths import REPO
 
 DIM = 32
-REPO = Path(__file__).resolve().parents[1]
 
 
 def unit(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:

@@ -10,7 +10,7 @@ from mmrank.indexing import ItemEncoder, index_paths
 from mmrank.pipeline import Pipeline
 from mmrank.retrieval import HybridRetriever
 from mmrank.types import Query
-from sample_files import make_image, make_messy_folder, make_pdf
+from tests.sample_files import make_image, make_messy_folder, make_pdf
 
 
 def _ids(collection: Collection) -> list[str]:

@@ -12,7 +12,7 @@ from mmrank.indexing import ItemEncoder, index_paths
 from mmrank.pipeline import Pipeline
 from mmrank.retrieval import HybridRetriever
 from mmrank.types import Query
-from sample_files import make_pdf
+from tests.sample_files import make_pdf
 
 PAGES = ["Cats sleep sixteen hours a day.", "Rockets burn liquid oxygen and kerosene.",
          "Espresso is brewed under nine bars of pressure.", "The violin has four strings tuned in fifths."]

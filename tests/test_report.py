@@ -8,7 +8,7 @@ from PIL import Image
 
 from mmrank.report import PICTURE_PX, movement, stage_table, write_html_report
 from mmrank.types import Hit, Item, Query, Ranking, StageScore
-from sample_files import make_image
+from tests.sample_files import make_image
 
 REASONING = "<think>" + " ".join(f"step {i}: compare candidate {i % 5} with the request." for i in range(30)) + \
     "</think> ranking: [3] > [1] > [2]"

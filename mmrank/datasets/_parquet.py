@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmrank.errors import InputError, MissingDependencyError
+from mmrank.errors import InputError
 from mmrank.files import user_cache_dir, write_atomic
 
 if TYPE_CHECKING:
@@ -36,13 +36,9 @@ _SIGNATURES = (
 
 def open_parquet(path: Path) -> pq.ParquetFile:
     """The parquet file at ``path``; InputError naming it when it cannot be read."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as error:
-        raise MissingDependencyError(
-            "Reading parquet datasets needs pyarrow: pip install pyarrow."
-        ) from error
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         # Buffered, unprefetched column reads: one batch of images in memory, not a row group's.
         return pq.ParquetFile(path, buffer_size=_READ_BUFFER, pre_buffer=False)

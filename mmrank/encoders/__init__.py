@@ -15,10 +15,10 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from mmrank.encoders.base import Encoder, ImageEncoder, TextEncoder, l2_normalize
 from mmrank.errors import InputError, ModelUnavailableError
 
 if TYPE_CHECKING:
+    from mmrank.encoders.base import Encoder, ImageEncoder, TextEncoder, l2_normalize
     from mmrank.encoders.clip import OpenClipEncoder
     from mmrank.encoders.gem import GemEncoder
     from mmrank.encoders.text import SentenceTransformerEncoder
@@ -34,13 +34,17 @@ ENCODERS: dict[str, str] = {
     "sentence-transformers": "mmrank.encoders.text:SentenceTransformerEncoder",
 }
 
-_LAZY_CLASSES = {target.rpartition(":")[2]: target.partition(":")[0] for target in ENCODERS.values()}
+_LAZY = {
+    **{target.rpartition(":")[2]: target.partition(":")[0] for target in ENCODERS.values()},
+    **dict.fromkeys(("Encoder", "ImageEncoder", "TextEncoder", "l2_normalize"), "mmrank.encoders.base"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    """The encoder classes, imported on first use."""
-    if name in _LAZY_CLASSES:
-        return getattr(import_module(_LAZY_CLASSES[name]), name)
+    """The encoder classes and protocols, imported on first use (numpy and the model libraries
+    load only then)."""
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mmrank.encoders.base import resolve_device
-from mmrank.errors import InputError, MissingDependencyError, ModelUnavailableError
+from mmrank.errors import InputError, ModelUnavailableError
 from mmrank.images import open_rgb
 from mmrank.mllm import DEFAULT_MLLM
 from mmrank.mllm.base import (
@@ -307,13 +307,9 @@ def _default_attention(device: str) -> str:
 
 
 def _import_qwen_vl_utils() -> Any:
-    try:
-        from qwen_vl_utils import process_vision_info
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "The Hugging Face MLLM backend needs the package qwen-vl-utils: pip install qwen-vl-utils"
-        ) from exc
-    return process_vision_info
+    from mmrank.optional import require
+
+    return require("qwen_vl_utils", "Running a vision-language model locally").process_vision_info
 
 
 def _first_line(exc: BaseException) -> str:

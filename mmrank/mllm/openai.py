@@ -27,12 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from mmrank.errors import (
-    InputError,
-    MissingDependencyError,
-    MMRankError,
-    ModelUnavailableError,
-)
+from mmrank.errors import InputError, MMRankError, ModelUnavailableError
 from mmrank.images import open_rgb
 from mmrank.mllm.base import (
     Conversation,
@@ -82,12 +77,9 @@ class OpenAICompatibleModel:
             raise InputError(f"max_pixels must be positive, got {max_pixels}.")
         if top_logprobs < 1 or concurrency < 1:
             raise InputError(f"top_logprobs, concurrency must be positive: {top_logprobs}, {concurrency}.")
-        try:
-            from openai import OpenAI
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "The OpenAI-compatible MLLM backend needs the package openai: pip install 'openai>=1.40'"
-            ) from exc
+        from mmrank.optional import require
+
+        openai = require("openai", "The OpenAI-compatible MLLM backend (vLLM, SGLang servers)")
         self.base_url = _api_url(base_url)
         self.timeout = timeout
         self.max_retries = max_retries
@@ -96,7 +88,7 @@ class OpenAICompatibleModel:
         self.image_format = image_format
         self.max_pixels = max_pixels
         self.usage = Usage()
-        self._client = OpenAI(
+        self._client = openai.OpenAI(
             base_url=self.base_url,
             api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
             timeout=timeout,

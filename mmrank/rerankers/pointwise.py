@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import string
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mmrank.errors import InputError
 from mmrank.mllm.base import choice_variants

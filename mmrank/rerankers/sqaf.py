@@ -32,7 +32,7 @@ from mmrank.types import Hit, Placement
 
 if TYPE_CHECKING:
     from mmrank.collection import Collection
-    from mmrank.mllm import Conversation, VisionLanguageModel
+    from mmrank.mllm import Conversation
     from mmrank.types import Query, Ranking
 
 NOT_COMPOSED = "not a composed query (needs a reference image and a modification text); kept the incoming order"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,9 +24,9 @@ from mmrank.rerankers.grid import GridReranker, read_answer
 from mmrank.rerankers.sqaf import NOT_COMPOSED, CaptionFusionReranker, clean_caption
 from mmrank.retrieval import HybridRetriever
 from mmrank.types import Hit, Item, Query, Ranking
+from tests.paths import IMAGES
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "images"
-CAT = ASSETS / "cat.jpg"
+CAT = IMAGES / "cat.jpg"
 MISSING_MODEL = "/nonexistent/mllm-folder"
 
 
@@ -91,13 +90,13 @@ def test_excluded_ids_never_come_back(photos):
 def test_caption_keys_cover_image_content_text_and_settings(tmp_path):
     copy = tmp_path / "copy.jpg"
     shutil.copy(CAT, copy)
-    assert image_digest(copy) == image_digest(CAT) != image_digest(ASSETS / "coins.jpg")
+    assert image_digest(copy) == image_digest(CAT) != image_digest(IMAGES / "coins.jpg")
     base = caption_key(CAT, "make it red", model="m", prompt="p")
     assert caption_key(copy, "make it red", model="m", prompt="p") == base
     for changed in (caption_key(CAT, "make it blue", model="m", prompt="p"),
                     caption_key(CAT, "make it red", model="other", prompt="p"),
                     caption_key(CAT, "make it red", model="m", prompt="q"),
-                    caption_key(ASSETS / "coins.jpg", "make it red", model="m", prompt="p")):
+                    caption_key(IMAGES / "coins.jpg", "make it red", model="m", prompt="p")):
         assert changed != base
     with pytest.raises(InputError, match="nope.jpg"):
         image_digest(tmp_path / "nope.jpg")
@@ -223,7 +222,7 @@ def test_grid_first_token_ranks_by_the_marks_probabilities(photos, tiny_mllm):
 
 
 def test_grid_leaves_out_a_candidate_whose_picture_is_missing(photos, tiny_mllm, tmp_path):
-    items = [Item(id=f"i{n}", kind="image", source=str(ASSETS / name))
+    items = [Item(id=f"i{n}", kind="image", source=str(IMAGES / name))
              for n, name in enumerate(["coins.jpg", "rocket.jpg", "dahlia.jpg"])]
     items.insert(1, Item(id="gone", kind="image", source=str(tmp_path / "gone.jpg")))
     query = composed()
@@ -275,7 +274,7 @@ def test_cli_composed_search_with_report(photos, tiny_mllm_dir, tmp_path, monkey
 def test_eval_cirr_reports_clip_fusion_sqaf_and_ebr(tmp_path, tiny_clip_dir, tiny_mllm_dir, monkeypatch, run_cli):
     import json
 
-    from test_datasets_cir import write_cirr
+    from tests.datasets.test_cir import write_cirr
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     pipeline = tmp_path / "cir.yaml"
@@ -296,7 +295,7 @@ def test_eval_cirr_reports_clip_fusion_sqaf_and_ebr(tmp_path, tiny_clip_dir, tin
 
 
 def test_eval_report_shows_every_stage(tmp_path, tiny_clip_dir, tiny_mllm_dir, monkeypatch, run_cli):
-    from test_datasets_cir import write_cirr
+    from tests.datasets.test_cir import write_cirr
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     pipeline = tmp_path / "cir.yaml"

@@ -3,7 +3,6 @@ arithmetic on hand-computed cases."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,14 +19,14 @@ from mmrank.rerankers.expansion import (
 from mmrank.rerankers.superglobal import SuperGlobalReranker, superglobal_rerank
 from mmrank.retrieval import HybridRetriever
 from mmrank.types import Query
+from tests.paths import ASSETS, IMAGES
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "images"
 
 
 def test_superglobal_stage_reranks_the_top_m_from_stored_vectors(photos):
     retriever = HybridRetriever(paths=["image"])
     pipeline = Pipeline(photos, retriever, [SuperGlobalReranker(m=5, k=2)])
-    query = Query(image=str(ASSETS / "cat.jpg"))
+    query = Query(image=str(IMAGES / "cat.jpg"))
     ranking = pipeline.search(query, k=8)
     first = ranking.order_after("retrieve")
     assert len(first) == 8 and ranking.stage_names == ["retrieve", "superglobal"]
@@ -43,7 +42,7 @@ def test_superglobal_stage_reranks_the_top_m_from_stored_vectors(photos):
 
 def test_batched_stage_equals_one_query_at_a_time(photos):
     pipeline = Pipeline(photos, HybridRetriever(paths=["image"]), [SuperGlobalReranker(m=6, k=3)])
-    queries = [Query(image=str(ASSETS / name)) for name in ("cat.jpg", "rocket.jpg", "coins.jpg")]
+    queries = [Query(image=str(IMAGES / name)) for name in ("cat.jpg", "rocket.jpg", "coins.jpg")]
     batched = pipeline.search_batch(queries, k=8)
     assert [r.ids for r in batched] == [pipeline.search(q, k=8).ids for q in queries]
 
@@ -107,10 +106,10 @@ def test_hits_without_a_vector_in_the_space_keep_their_order_after_the_reranked_
     from mmrank.collection import Collection
     from mmrank.indexing import ItemEncoder, index_paths
 
-    root = Path(__file__).resolve().parent.parent / "assets"
+    root = ASSETS
     with Collection.create(tmp_path / "mixed") as collection:
         # Pages with text get text vectors only; photos get image vectors only.
-        index_paths(collection, [root / "pdfs", ASSETS], ItemEncoder(minilm, tiny_clip))
+        index_paths(collection, [root / "pdfs", IMAGES], ItemEncoder(minilm, tiny_clip))
         collection.use_encoder("text", minilm)
         collection.use_encoder("image", tiny_clip)
         first = Pipeline(collection).search("a cat sleeping in the morning sun", k=30)

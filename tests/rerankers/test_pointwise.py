@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,8 @@ from mmrank.rerankers import create_reranker
 from mmrank.rerankers.pointwise import PointwiseReranker
 from mmrank.retrieval import HybridRetriever
 from mmrank.types import Hit, Item, Query, Ranking
+from tests.paths import ASSETS
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 IMAGES = ASSETS / "images"
 PLAIN = "Question: {q}\nIs this image relevant to the question? Answer '{yes}' or '{no}'."
 CAPTIONED = ("Image Caption: {c}\nQuestion: {q}\nBased on the image and its caption, is the image relevant to "

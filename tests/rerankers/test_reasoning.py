@@ -24,8 +24,8 @@ from mmrank.rerankers import create_reranker
 from mmrank.rerankers.reasoning import ReasoningReranker, window_schedule
 from mmrank.retrieval import HybridRetriever
 from mmrank.types import Item, Query, Ranking
+from tests.paths import ASSETS
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DPI = 30
 # Small pages keep five of them well inside the tiny model's 4096 positions.
 OPTIONS = {"device": "cpu", "dtype": "float32", "max_pixels": 28 * 28 * 16}

@@ -14,6 +14,7 @@ from mmrank.datasets import RetrievalDataset, known_kinds, load_dataset
 from mmrank.datasets.beir import load_beir
 from mmrank.errors import InputError
 from mmrank.types import Item, Query
+from tests.paths import REPO
 
 CORPUS = [
     {"_id": "d1", "title": "Paris", "text": "Paris is the capital of France."},
@@ -102,7 +103,7 @@ def test_loader_modules_are_imported_lazily() -> None:
     code = "import sys, mmrank.datasets; print('mmrank.datasets.beir' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO,
     )
     assert out.stdout.strip() == "False"
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tiny_mllm import sample_conversations
+from tests.tiny_mllm import sample_conversations
 
 from mmrank.errors import InputError, MMRankError, ModelUnavailableError
 from mmrank.mllm import (

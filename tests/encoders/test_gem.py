@@ -14,8 +14,8 @@ from mmrank.encoders import load_encoder_by_name, load_image_encoder
 from mmrank.encoders.gem import GemEncoder, map_pycls_resnet_keys, parse_gem_identity
 from mmrank.encoders.pooling import GeM, GeMPlus, RegionalGeM, ScaleGeM
 from mmrank.errors import InputError
+from tests.paths import IMAGES
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "images"
 TINY = "gem:resnet18/{pooling};random;size=64"
 
 
@@ -61,7 +61,7 @@ def test_scale_gem_max_and_power_mean():
 
 @pytest.fixture(scope="module")
 def images():
-    return [str(ASSETS / name) for name in ("cat.jpg", "rocket.jpg", "coins.jpg")]
+    return [str(IMAGES / name) for name in ("cat.jpg", "rocket.jpg", "coins.jpg")]
 
 
 @pytest.mark.parametrize("pooling", ["gem", "gem+", "regional-gem", "scale-gem", "superglobal"])
@@ -173,9 +173,9 @@ def test_whitening_projects_and_checks_its_shape(tmp_path, images):
 
 def test_cli_indexes_and_searches_with_a_gem_encoder(tmp_path, run_cli):
     model = TINY.format(pooling="superglobal")
-    code, _, err = run_cli("index", ASSETS, "-o", tmp_path / "c", "--image-model", model, "--quiet")
+    code, _, err = run_cli("index", IMAGES, "-o", tmp_path / "c", "--image-model", model, "--quiet")
     assert code == 0, err
-    code, out, err = run_cli("search", tmp_path / "c", "--image", ASSETS / "rocket.jpg", "--json",
+    code, out, err = run_cli("search", tmp_path / "c", "--image", IMAGES / "rocket.jpg", "--json",
                              "--pipeline", "landmarks-superglobal", "-k", "3")
     assert code == 0, err
     hits = json.loads(out)

@@ -9,7 +9,7 @@ from pathlib import Path
 from mmrank.demo import ASSETS_DIR, run_demo
 from mmrank.report import thumbnail, write_html_report
 from mmrank.types import Hit, Item, Query, Ranking, StageScore
-from sample_files import make_image, make_pdf
+from tests.sample_files import make_image, make_pdf
 
 
 def test_report_embeds_thumbnails_sources_and_scores(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import TINY_CLIP_CONFIG
+from tests.tiny_models import TINY_CLIP_CONFIG
 
 import mmrank.encoders
 from mmrank.encoders import (

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tiny_mllm import build_tiny_qwen2_vl, sample_conversations
+from tests.tiny_mllm import build_tiny_qwen2_vl, sample_conversations
 
 from mmrank.errors import InputError, MissingDependencyError, ModelUnavailableError
 from mmrank.mllm import HFVisionLanguageModel, VisionLanguageModel, load_mllm
@@ -119,7 +119,7 @@ def test_missing_qwen_vl_utils_names_the_package(
     tiny_mllm_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "qwen_vl_utils", None)
-    with pytest.raises(MissingDependencyError, match="pip install qwen-vl-utils"):
+    with pytest.raises(MissingDependencyError, match=r"qwen-vl-utils.*pip install 'mmrank\[mllm\]'"):
         HFVisionLanguageModel(str(tiny_mllm_dir), device="cpu")
 
 
