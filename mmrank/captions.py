@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmrank.errors import InputError
-from mmrank.files import user_cache_dir
+from mmrank.files import sha256_file, user_cache_dir
 from mmrank.images import open_rgb
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def image_digest(image: ImageInput) -> str:
         digest.update(image.tobytes())
         return digest.hexdigest()
     try:
-        return hashlib.sha256(Path(image).read_bytes()).hexdigest()
+        return sha256_file(image)
     except OSError as error:
         open_rgb(image)  # an InputError naming the file, when it is not a readable image
         raise InputError(f"Cannot read image {str(image)!r}: {error}") from error

@@ -246,7 +246,13 @@ def evaluate(
     from mmrank.datasets import load_dataset
     from mmrank.encoders import load_image_encoder, load_text_encoder
     from mmrank.errors import InputError
-    from mmrank.evaluation import DEFAULT_METRICS, SubmissionRankings, add_dataset_items, evaluate as run_evaluation
+    from mmrank.evaluation import (
+        DEFAULT_METRICS,
+        SubmissionRankings,
+        add_dataset_items,
+        evaluate as run_evaluation,
+        ranking_depth,
+    )
     from mmrank.indexing import ItemEncoder
 
     options = _key_values(option or [])
@@ -259,7 +265,7 @@ def evaluate(
     wanted = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else list(
         dataset.metrics or DEFAULT_METRICS)
     own = [m for judgements in dataset.judgements().values() for m in judgements.metrics]
-    depth = k or _ranking_depth([*wanted, *own], len(dataset.items), full=dataset.needs_full_ranking)
+    depth = k or ranking_depth([*wanted, *own], len(dataset.items), full=dataset.needs_full_ranking)
     collected = SubmissionRankings(dataset) if submission is not None else None
     if collected is not None:
         depth = max(depth, collected.depth)
@@ -353,15 +359,6 @@ def _key_values(pairs: list[str]) -> dict[str, object]:
         except json.JSONDecodeError:
             options[key.strip()] = value
     return options
-
-
-def _ranking_depth(metrics: list[str], items: int, full: bool = False) -> int:
-    """How deep rankings must go for these metrics: every item when one has no cutoff, or when
-    ``full`` (a dataset that scores rankings restricted to a subset of the items)."""
-    cutoffs = [name.partition("@")[2] for name in metrics]
-    if full or any(not cutoff and not name.startswith("mrr") for name, cutoff in zip(metrics, cutoffs)):
-        return max(1, items)
-    return max([100, *(int(c) for c in cutoffs if c.isdigit())])
 
 
 @app.command()

@@ -40,6 +40,15 @@ def add_dataset_items(collection: Collection, dataset: RetrievalDataset, encoder
     return len(missing)
 
 
+def ranking_depth(metrics: list[str], items: int, full: bool = False) -> int:
+    """How deep rankings must go for these metrics: every item when one has no cutoff, or when
+    ``full`` (a dataset that scores rankings restricted to a subset of the items)."""
+    cutoffs = [name.partition("@")[2] for name in metrics]
+    if full or any(not cutoff and not name.startswith("mrr") for name, cutoff in zip(metrics, cutoffs)):
+        return max(1, items)
+    return max([100, *(int(c) for c in cutoffs if c.isdigit())])
+
+
 def evaluate(pipeline: Pipeline, dataset: RetrievalDataset, metrics: Sequence[str] | None = None,
              *, k: int = 100, batch_size: int = 64, progress: bool = False,
              on_batch: Callable[[Sequence[Ranking]], None] | None = None) -> list[StageReport]:

@@ -121,18 +121,25 @@ def can_remove(index: Any) -> bool:
 
 def min_training_vectors(index: Any) -> int:
     """The fewest vectors FAISS can train ``index`` on: k-means needs one point per centroid (IVF
-    lists, PQ sub-quantizer codes), in this index or any it wraps."""
+    lists, PQ and OPQ codes) and PCA one per output dimension, in this index or any it wraps."""
     import faiss
 
-    index = faiss.downcast_index(index)
-    need = index.nlist if isinstance(index, faiss.IndexIVF) else 1
-    pq = getattr(index, "pq", None)
+    inner = faiss.downcast_index(index)  # a new name: ``index`` keeps the caller's object alive
+    need = inner.nlist if isinstance(inner, faiss.IndexIVF) else 1
+    pq = getattr(inner, "pq", None)
     if pq is not None:
         need = max(need, pq.ksub)
+    if isinstance(inner, faiss.IndexPreTransform):
+        for step in range(inner.chain.size()):
+            transform = faiss.downcast_VectorTransform(inner.chain.at(step))
+            if isinstance(transform, faiss.OPQMatrix):
+                need = max(need, 256)  # OPQ trains a PQ with 8-bit codes
+            elif isinstance(transform, faiss.PCAMatrix):
+                need = max(need, transform.d_out)
     for attr in ("index", "storage", "base_index"):
-        inner = getattr(index, attr, None)
-        if isinstance(inner, faiss.Index):
-            need = max(need, min_training_vectors(inner))
+        wrapped = getattr(inner, attr, None)
+        if isinstance(wrapped, faiss.Index):
+            need = max(need, min_training_vectors(wrapped))
     return need
 
 

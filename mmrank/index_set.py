@@ -48,6 +48,11 @@ def search_among(queries: Sequence[QueryT], among: Sequence[Iterable[str] | None
     return results
 
 
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a positive integer; got {k!r}.")
+
+
 class IndexSet:
     """The FAISS and BM25 indexes of the collection in ``folder``, over ``store``'s contents, as
     ``manifest`` publishes them; FAISS indexes run on ``device``."""
@@ -65,6 +70,7 @@ class IndexSet:
         ``among`` (one entry per query) restricts a query to the given item ids, scored exactly
         from their stored vectors; None entries search the whole index."""
         dim = self.manifest.space(space).dim
+        _check_k(k)
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != dim:
             raise EncoderMismatchError(
@@ -89,6 +95,7 @@ class IndexSet:
                     among: Sequence[Iterable[str] | None] | None = None) -> list[Hits]:
         """BM25 over item texts: (item id, BM25 score) lists, best first, positive scores only.
         ``among`` restricts queries to item ids as in :meth:`search_vectors`."""
+        _check_k(k)
         return search_among(list(texts), among, lambda batch: self.bm25_index().search(batch, k),
                             lambda text, subset: self.bm25_index().search_within(text, subset, k))
 
@@ -100,9 +107,9 @@ class IndexSet:
         if space not in self._vectors:
             from mmrank.index import VectorIndex
 
-            published = self.manifest.index_files.get(space)
-            if self._published_current() and published:
-                self._vectors[space] = VectorIndex.load(self.folder / published, device=self.device)
+            published = self._published(space)
+            if published is not None:
+                self._vectors[space] = VectorIndex.load(published, device=self.device)
             elif self._writable:
                 self.build()
             else:
@@ -115,9 +122,9 @@ class IndexSet:
         if self._bm25 is None:
             from mmrank.lexical import BM25Index
 
-            published = self.manifest.index_files.get(BM25)
-            if self._published_current() and published:
-                self._bm25 = BM25Index.load(self.folder / published)
+            published = self._published(BM25)
+            if published is not None:
+                self._bm25 = BM25Index.load(published)
             elif self._writable:
                 self.build()
             elif self.store.has_text:
@@ -130,7 +137,8 @@ class IndexSet:
     def build(self) -> None:
         """Bring every index up to date with the database and publish them atomically."""
         revision = self.store.revision
-        if self.manifest.index_revision == revision and self._published_files_exist():
+        wanted = [*self.manifest.spaces, *([BM25] if self.store.has_text else [])]
+        if self.manifest.index_revision == revision and all(self._published(name) for name in wanted):
             return
         (self.folder / "index").mkdir(exist_ok=True)
         self._vectors, self._bm25, self._revision = {}, None, revision
@@ -179,11 +187,13 @@ class IndexSet:
             self.forget()
             self._revision = revision
 
-    def _published_current(self) -> bool:
-        return self.manifest.index_revision == self.store.revision
-
-    def _published_files_exist(self) -> bool:
-        return all((self.folder / f).exists() for f in self.manifest.index_files.values())
+    def _published(self, name: str) -> Path | None:
+        """The folder of the published index ``name`` when it is current and on disk."""
+        relative = self.manifest.index_files.get(name)
+        if relative is None or self.manifest.index_revision != self.store.revision:
+            return None
+        folder = self.folder / relative
+        return folder if folder.is_dir() else None
 
     @property
     def _writable(self) -> bool:

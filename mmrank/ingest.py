@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmrank.documents import read_pdf
 from mmrank.errors import InputError
+from mmrank.files import sha256_file
 from mmrank.types import Item
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -67,11 +67,7 @@ def _walk(folder: Path) -> Iterator[Path]:
 
 def fingerprint(path: Path) -> Fingerprint:
     stat = path.stat()
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return Fingerprint(size=stat.st_size, mtime_ns=stat.st_mtime_ns, sha256=digest.hexdigest())
+    return Fingerprint(size=stat.st_size, mtime_ns=stat.st_mtime_ns, sha256=sha256_file(path))
 
 
 def read_items(path: Path) -> tuple[list[Item], str | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -117,11 +118,14 @@ class ItemStore:
         try:
             yield
             if bump:
-                self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
+                self._bump()
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    def _bump(self) -> None:
+        self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
 
     def file_fingerprint(self, path: str) -> Fingerprint | None:
         from mmrank.ingest import Fingerprint
@@ -137,7 +141,8 @@ class ItemStore:
     def replace_files(self, entries: Sequence[FileEntry], vectors: VectorBatch) -> None:
         """Store files with their items and vectors in one transaction, replacing what an earlier
         version of each file produced."""
-        with self.transaction():
+        items = [item for entry in entries for item in entry.items]
+        with self._conflicts_reported(items), self.transaction():
             for entry in entries:
                 self._db.execute("DELETE FROM files WHERE path = ?", (entry.path,))
                 fp = entry.fingerprint
@@ -148,28 +153,43 @@ class ItemStore:
     def add(self, items: Sequence[Item], vectors: VectorBatch) -> None:
         """Add items that come from no file with their vectors, in one transaction; existing ids
         raise InputError."""
-        with self.transaction():
+        with self._conflicts_reported(items), self.transaction():
             self._insert_items(items, file=None)
             self._insert_vectors(vectors)
 
     def remove(self, ids: Iterable[str]) -> int:
-        """Remove items (and their vectors) by id; returns how many existed."""
-        with self.transaction():
-            return sum(self._db.execute(f"DELETE FROM items WHERE id IN ({_marks(chunk)})", chunk).rowcount
-                       for chunk in _chunks(list(ids)))
+        """Remove items (and their vectors) by id; returns how many existed (the revision is bumped
+        only when some did)."""
+        with self.transaction(bump=False):
+            removed = sum(self._db.execute(f"DELETE FROM items WHERE id IN ({_marks(chunk)})", chunk).rowcount
+                          for chunk in _chunks(list(ids)))
+            if removed:
+                self._bump()
+        return removed
+
+    @contextmanager
+    def _conflicts_reported(self, items: Sequence[Item]) -> Iterator[None]:
+        """A write refused by the database's constraints as an InputError that says why, worked out
+        after the transaction rolled back (so it sees only what was stored before)."""
+        try:
+            yield
+        except sqlite3.IntegrityError as error:
+            ids = [item.id for item in items]
+            repeated = [item_id for item_id, count in Counter(ids).items() if count > 1]
+            existing = list(self.get_many(ids))
+            if repeated:
+                problem = f"the same item id appears twice in one batch: {listing(repeated)}"
+            elif existing:
+                problem = f"already in the collection: {listing(existing)}"
+            else:  # a vector for an item that is not stored, or two vectors of one item in one space
+                problem = f"the vectors do not match the items ({error}); every vector needs its own item"
+            raise InputError(f"{self.name}: {problem}.") from error
 
     def _insert_items(self, items: Sequence[Item], file: str | None) -> None:
-        try:
-            self._db.executemany(
-                "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(i.id, i.kind, i.source, i.page, i.text, json.dumps(dict(i.metadata)), file) for i in items],
-            )
-        except sqlite3.IntegrityError as error:
-            existing = list(self.get_many(i.id for i in items))
-            raise InputError(
-                f"{self.name}: already in the collection: {listing(existing)}." if existing
-                else f"{self.name}: the same item id appears twice in one batch ({error})."
-            ) from error
+        self._db.executemany(
+            "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(i.id, i.kind, i.source, i.page, i.text, json.dumps(dict(i.metadata)), file) for i in items],
+        )
 
     def _insert_vectors(self, vectors: VectorBatch) -> None:
         for space, (ids, matrix) in vectors.items():

@@ -15,6 +15,7 @@ import numpy as np
 from mmrank.errors import CollectionError
 
 _IDS_FILE = "ids.json"
+_NO_TERMS_FILE = "no-terms"  # marks an index over texts without a single searchable word
 
 
 def _bm25s():
@@ -34,7 +35,8 @@ def _tokenize(texts: Sequence[str]) -> list[list[str]]:
 
 
 class BM25Index:
-    """A BM25 index whose results are item ids."""
+    """A BM25 index whose results are item ids. Texts that hold no searchable word (only stopwords,
+    numbers or one-letter words) give an index that finds nothing, rather than an error."""
 
     def __init__(self, ids: list[str], retriever) -> None:
         self._ids = np.asarray(ids, dtype=object)
@@ -43,9 +45,11 @@ class BM25Index:
 
     @classmethod
     def build(cls, ids: Sequence[str], texts: Sequence[str]) -> BM25Index:
-        bm25s = _bm25s()
-        retriever = bm25s.BM25()
-        retriever.index(_tokenize(texts), show_progress=False)
+        tokens = _tokenize(texts)
+        if not any(tokens):
+            return cls(list(ids), None)
+        retriever = _bm25s().BM25()
+        retriever.index(tokens, show_progress=False)
         return cls(list(ids), retriever)
 
     def __len__(self) -> int:
@@ -62,7 +66,7 @@ class BM25Index:
         other items are masked out of the scoring, not filtered after it)."""
         if self._rows is None:
             self._rows = {item_id: row for row, item_id in enumerate(self._ids.tolist())}
-        rows = [self._rows[i] for i in ids if i in self._rows]
+        rows = sorted({self._rows[i] for i in ids if i in self._rows})
         if not rows or k <= 0:
             return []
         mask = np.zeros(len(self._ids), dtype=np.float32)
@@ -70,7 +74,7 @@ class BM25Index:
         return self._retrieve(_tokenize([query])[0], min(k, len(rows)), mask)
 
     def _retrieve(self, tokens: list[str], k: int, mask: np.ndarray | None = None) -> list[tuple[str, float]]:
-        if not tokens:
+        if not tokens or self._retriever is None:
             return []
         rows, scores = self._retriever.retrieve([tokens], k=k, show_progress=False, n_threads=1, weight_mask=mask)
         keep = scores[0] > 0
@@ -80,7 +84,10 @@ class BM25Index:
         """Write the index into a new ``folder`` atomically (aside, then renamed)."""
         temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
         try:
-            self._retriever.save(str(temporary))
+            if self._retriever is None:
+                (temporary / _NO_TERMS_FILE).touch()
+            else:
+                self._retriever.save(str(temporary))
             (temporary / _IDS_FILE).write_text(json.dumps(self._ids.tolist()), encoding="utf-8")
             if folder.exists():
                 shutil.rmtree(folder)
@@ -94,7 +101,8 @@ class BM25Index:
         bm25s = _bm25s()
         try:
             ids = json.loads((folder / _IDS_FILE).read_text(encoding="utf-8"))
-            retriever = bm25s.BM25.load(str(folder), allow_pickle=False)
+            no_terms = (folder / _NO_TERMS_FILE).is_file()
+            retriever = None if no_terms else bm25s.BM25.load(str(folder), allow_pickle=False)
         except (OSError, ValueError) as error:
             raise CollectionError(f"{folder}: BM25 index missing or damaged ({error}).") from error
         return cls(ids, retriever)

@@ -446,30 +446,6 @@ def test_device_resolution_on_this_cpu_machine():
         VectorIndex(DIM, device="gpu")
 
 
-@pytest.mark.parametrize(
-    ("faiss_gpus", "torch_cuda", "factory", "device", "backend", "expected"),
-    [
-        (1, True, "Flat", "auto", None, ("faiss-gpu", "cuda")),
-        (1, False, "HNSW32", "cuda:1", None, ("faiss-gpu", "cuda:1")),
-        (0, True, "Flat", "auto", None, ("torch", "cuda")),
-        (0, True, "Flat", "cuda:1", None, ("torch", "cuda:1")),
-        (0, True, "IVF16,Flat", "auto", None, ("faiss-cpu", "cpu")),
-        (0, True, "Flat", "auto", "faiss", ("faiss-cpu", "cpu")),
-        (1, True, "Flat", "cpu", None, ("faiss-cpu", "cpu")),
-        (1, True, "Flat", "auto", "torch", ("torch", "cuda")),
-        (0, False, "Flat", "auto", None, ("faiss-cpu", "cpu")),
-    ],
-)
-def test_backend_choice(faiss_gpus, torch_cuda, factory, device, backend, expected):
-    assert faiss_tools.choose_backend(factory, device, backend, faiss_gpus=faiss_gpus,
-                                      torch_cuda=torch_cuda) == expected
-
-
-def test_cuda_without_any_gpu_path_is_refused():
-    with pytest.raises(MMRankError, match="backend='faiss'"):
-        faiss_tools.choose_backend("Flat", "cuda", "faiss", faiss_gpus=0, torch_cuda=True)
-
-
 def test_import_does_not_load_faiss_or_torch():
     code = "import sys, mmrank.index; print(sorted({'faiss', 'torch'} & set(sys.modules)))"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

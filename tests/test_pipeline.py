@@ -97,3 +97,105 @@ def test_candidates_restrict_every_path_to_the_given_items(docs):
     assert set(restricted.ids) == allowed
     # Within the allowed items, the order is the unrestricted one.
     assert restricted.ids == [i for i in everything.ids if i in allowed]
+
+
+# ---------------------------------------------------------------- configs: to_config, to_yaml, overrides
+from mmrank.config import read_yaml  # noqa: E402
+from mmrank.pipeline import resolve_pipeline_path  # noqa: E402
+from mmrank.resources import bundled_pipelines  # noqa: E402
+
+BUNDLED = bundled_pipelines()
+
+
+def differences(before: dict, after: dict, prefix: str = "") -> dict[str, tuple]:
+    """``{dotted key: (before, after)}`` for every leaf option that differs between two configs."""
+    found: dict[str, tuple] = {}
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in dict.fromkeys([*before, *after]):
+            found.update(differences(before.get(key), after.get(key), f"{prefix}{key}."))
+    elif isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        for position, (one, other) in enumerate(zip(before, after)):
+            found.update(differences(one, other, f"{prefix}{position}."))
+    elif before != after:
+        found[prefix.rstrip(".")] = (before, after)
+    return found
+
+
+def test_every_pipeline_file_is_bundled():
+    assert BUNDLED == ["cir-square", "docqa-mmr5", "docqa-ragllava", "docqa-text", "images-clip",
+                       "landmarks-superglobal"]
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_pipeline_round_trips_through_its_config_and_yaml(name):
+    import yaml
+
+    pipeline = Pipeline.from_yaml(name, None)  # building does not touch the collection
+    config = pipeline.to_config()
+    assert list(config) == ["name", "description", "retriever", "rerankers"]
+    assert Pipeline.from_config(config, None).to_config() == config
+    assert Pipeline.from_config(yaml.safe_load(pipeline.to_yaml()), None).to_config() == config
+    # config is made of plain YAML values only: it survives a dump and load unchanged
+    assert yaml.safe_load(yaml.safe_dump(config)) == config
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_to_config_keeps_every_option_the_file_gives(name):
+    written = read_yaml(resolve_pipeline_path(name))
+    config = Pipeline.from_yaml(name, None).to_config()
+    assert config["name"] == written["name"] == name
+    assert config["description"] == written["description"]
+    for option, value in written["retriever"].items():
+        assert config["retriever"][option] == value, f"retriever.{option}"
+    stages = written.get("rerankers") or []
+    assert [stage["type"] for stage in config["rerankers"]] == [stage["type"] for stage in stages]
+    for position, stage in enumerate(stages):
+        for option, value in stage.items():
+            assert config["rerankers"][position][option] == value, f"{position}.{option}"
+
+
+@pytest.mark.parametrize(("name", "stage"), [("docqa-ragllava", "pointwise"), ("docqa-mmr5", "reasoning"),
+                                             ("cir-square", "grid"), ("cir-square", "0")])
+def test_overrides_change_exactly_the_options_they_name(name, stage):
+    before = Pipeline.from_yaml(name, None).to_config()
+    pipeline = Pipeline.from_yaml(name, None, overrides={"retriever.depth": 7, f"{stage}.depth": 3})
+    after = pipeline.to_config()
+    position = int(stage) if stage.isdigit() else [s["type"] for s in before["rerankers"]].index(stage)
+    assert differences(before, after) == {"retriever.depth": (before["retriever"]["depth"], 7),
+                                          f"rerankers.{position}.depth": (before["rerankers"][position]["depth"], 3)}
+    assert pipeline.retriever.depth == 7 and pipeline.rerankers[position].depth == 3
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"retriever.deepness": 3}, "unknown retriever options ['deepness']"),
+    ({"pointwise.deepness": 3}, "Bad options for reranker type 'pointwise'"),
+    ({"reasoning.depth": 3}, "'reasoning' names no stage; stages: pointwise"),
+    ({"depth": 3}, "override 'depth'"),
+])
+def test_a_bad_override_names_the_pipeline_file(overrides, message):
+    with pytest.raises(InputError, match=re.escape(message)) as caught:
+        Pipeline.from_yaml("docqa-ragllava", None, overrides=overrides)
+    assert str(caught.value).startswith(f"{resolve_pipeline_path('docqa-ragllava')}:")
+
+
+def test_to_yaml_writes_the_file_that_loads_back_the_same_pipeline(tmp_path):
+    original = Pipeline.from_yaml("docqa-ragllava", None, overrides={"name": "mine", "pointwise.top_n": 2})
+    path = tmp_path / "mine.yaml"
+    text = original.to_yaml(path)
+    assert path.read_text(encoding="utf-8") == text
+    loaded = Pipeline.from_yaml(path, None)
+    assert loaded.to_config() == original.to_config()
+    assert loaded.name == "mine" and loaded.rerankers[0].top_n == 2
+
+
+def test_a_round_tripped_pipeline_ranks_the_same(docs, tmp_path):
+    original = Pipeline.from_yaml("docqa-text", docs)
+    original.to_yaml(tmp_path / "copy.yaml")
+    copies = [Pipeline.from_config(original.to_config(), docs), Pipeline.from_yaml(tmp_path / "copy.yaml", docs)]
+    for question in ("How many strings does a violin have?", "espresso pressure", "what do rockets burn"):
+        expected = original.search(question, k=4)
+        assert len(expected.ids) == 4
+        for copy in copies:
+            ranking = copy.search(question, k=4)
+            assert ranking.ids == expected.ids
+            assert [hit.score for hit in ranking.hits] == [hit.score for hit in expected.hits]

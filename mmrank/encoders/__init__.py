@@ -27,15 +27,15 @@ DEFAULT_IMAGE_MODEL = "ViT-B-32"
 DEFAULT_IMAGE_PRETRAINED = "laion2b_s34b_b79k"
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
-# identity kind -> "module:Class"; modules are imported only when an encoder of that kind is needed.
-ENCODERS: dict[str, str] = {
+# identity kind -> "module:Class" (imported only when an encoder of that kind is needed), or a class.
+ENCODERS: dict[str, str | type] = {
     "open_clip": "mmrank.encoders.clip:OpenClipEncoder",
     "gem": "mmrank.encoders.gem:GemEncoder",
     "sentence-transformers": "mmrank.encoders.text:SentenceTransformerEncoder",
 }
 
 _LAZY = {
-    **{target.rpartition(":")[2]: target.partition(":")[0] for target in ENCODERS.values()},
+    **{target.rpartition(":")[2]: target.partition(":")[0] for target in ENCODERS.values() if isinstance(target, str)},
     **dict.fromkeys(("Encoder", "ImageEncoder", "TextEncoder", "l2_normalize"), "mmrank.encoders.base"),
 }
 
@@ -53,7 +53,7 @@ def register_encoder(kind: str, target: str | type) -> None:
     when first needed). The class has ``modalities`` and ``from_identity``; see the package docs."""
     if not kind or ":" in kind:
         raise InputError(f"An encoder kind is a non-empty name without ':'; got {kind!r}.")
-    ENCODERS[kind] = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+    ENCODERS[kind] = target
 
 
 def encoder_class(kind: str) -> type:
@@ -63,7 +63,10 @@ def encoder_class(kind: str) -> type:
             f"No encoder is registered for names starting '{kind}:'; this mmrank knows names starting "
             f"{', '.join(repr(f'{known}:') for known in ENCODERS)} (more can be added with "
             "mmrank.encoders.register_encoder).")
-    module, _, name = ENCODERS[kind].partition(":")
+    target = ENCODERS[kind]
+    if not isinstance(target, str):
+        return target
+    module, _, name = target.partition(":")
     return getattr(import_module(module), name)
 
 

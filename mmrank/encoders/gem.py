@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -26,6 +26,10 @@ from mmrank.encoders.base import resolve_device
 from mmrank.errors import InputError, ModelUnavailableError
 from mmrank.images import open_rgb
 from mmrank.types import ImageInput
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image as PILImage
 
 DEFAULT_BACKBONE = "resnet50"
 DEFAULT_IMAGE_SIZE = 1024
@@ -177,7 +181,7 @@ class GemEncoder:
         import torch
         import torch.nn.functional as F
 
-        pixels = self._pixels(open_rgb(image))
+        pixels = self.preprocess(open_rgb(image))
         with torch.inference_mode():
             per_scale = []
             for scale in self.preset.scales:
@@ -195,7 +199,9 @@ class GemEncoder:
             vector = projection @ (vector - mean)
         return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
 
-    def _pixels(self, image):
+    def preprocess(self, image: PILImage.Image) -> torch.Tensor:
+        """An RGB picture as the backbone sees it: resized so its longer side is ``image_size``,
+        normalised, as a (1, 3, H, W) tensor on the encoder's device."""
         import torch
 
         scale = self.image_size / max(image.size)

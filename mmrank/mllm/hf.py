@@ -85,6 +85,11 @@ class HFVisionLanguageModel:
         self._patch_size = int(self._processor.image_processor.patch_size)
         self._choice_ids: dict[tuple[str, ...], list[list[int]]] = {}
 
+    @property
+    def processor(self) -> Any:
+        """The model's processor (its tokenizer is ``processor.tokenizer``)."""
+        return self._processor
+
     def __repr__(self) -> str:
         return f"HFVisionLanguageModel({self.name!r}, device={self.device!r}, dtype={self.dtype!r})"
 

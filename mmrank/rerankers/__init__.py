@@ -14,8 +14,8 @@ from typing import Any
 from mmrank.errors import InputError
 from mmrank.rerankers.base import BaseReranker, Reranker
 
-# type name -> "module:Class"; modules are imported only when a pipeline asks for them.
-RERANKERS: dict[str, str] = {
+# type name -> "module:Class" (imported only when a pipeline asks for it), or a registered class.
+RERANKERS: dict[str, str | type] = {
     "superglobal": "mmrank.rerankers.superglobal:SuperGlobalReranker",
     "alpha-qe": "mmrank.rerankers.expansion:AlphaQueryExpansionReranker",
     "alpha-dba": "mmrank.rerankers.expansion:AlphaDatabaseAugmentationReranker",
@@ -31,7 +31,7 @@ def register_reranker(kind: str, target: str | type) -> None:
     imported when a pipeline first asks for it."""
     if not kind or not isinstance(kind, str):
         raise InputError(f"A reranker type is a non-empty name; got {kind!r}.")
-    RERANKERS[kind] = target if isinstance(target, str) else _target(target)
+    RERANKERS[kind] = target
 
 
 def reranker_class(kind: str) -> type:
@@ -39,15 +39,18 @@ def reranker_class(kind: str) -> type:
     if kind not in RERANKERS:
         known = ", ".join(sorted(RERANKERS)) or "none in this version"
         raise InputError(f"Unknown reranker type {kind!r}; known types: {known}.")
-    module, _, class_name = RERANKERS[kind].partition(":")
+    target = RERANKERS[kind]
+    if not isinstance(target, str):
+        return target
+    module, _, class_name = target.partition(":")
     return getattr(import_module(module), class_name)
 
 
 def reranker_type(cls: type) -> str:
     """The type name ``cls`` is registered under (InputError when it is not registered)."""
-    target = _target(cls)
+    target = f"{cls.__module__}:{cls.__qualname__}"
     for kind, registered in RERANKERS.items():
-        if registered == target:
+        if registered is cls or registered == target:
             return kind
     raise InputError(f"{cls.__qualname__} is not a registered reranker type, so a config cannot name it; "
                      "register it with mmrank.rerankers.register_reranker(type_name, class).")
@@ -68,10 +71,6 @@ def create_reranker(config: Mapping[str, Any], *, mllm: str | None = None, mllm_
     except TypeError as error:
         raise InputError(f"Bad options for reranker type {config.get('type')!r}: {error}.") from None
     return reranker(**options)
-
-
-def _target(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 __all__ = ["RERANKERS", "BaseReranker", "Reranker", "create_reranker", "register_reranker", "reranker_class",

@@ -73,9 +73,7 @@ class CaptionFusionReranker(MLLMReranker):
             raise InputError(f"prompt must contain {{modification}}; got {self.prompt!r}.")
         check_generation_options(self.max_new_tokens, self.temperature)
         at_least_one("batch_size", self.batch_size)
-        cache = self.cache
-        self.captions_cache = CaptionCache(None if cache is False else default_caption_cache() if cache is True
-                                           else cache)
+        self.captions_cache = CaptionCache(default_caption_cache() if self.cache is True else self.cache or None)
 
     # ---------------------------------------------------------------- captions
     def caption_conversation(self, query: Query) -> Conversation:

@@ -53,7 +53,7 @@ def check_vector_inputs(queries: torch.Tensor, database: torch.Tensor, ranks: to
         raise InputError(f"ranks has {ranks.shape[0]} rows for {queries.shape[0]} queries.")
     if ranks.shape[1] == 0:
         raise InputError("ranks is empty: every query needs at least one candidate.")
-    low, high = int(ranks.min()), int(ranks.max())
+    low, high = (int(ranks.min()), int(ranks.max())) if ranks.numel() else (0, -1)
     if low < 0 or high >= database.shape[0]:
         bad = low if low < 0 else high
         raise InputError(f"ranks holds index {bad}, outside the database's {database.shape[0]} vectors.")

@@ -511,7 +511,7 @@ def test_eval_circo_and_fashioniq_end_to_end(circo_root: Path, fiq_root: Path, t
 
 
 def test_a_dataset_with_subset_judgements_is_ranked_to_the_last_item(cirr_root: Path, circo_root: Path):
-    from mmrank.cli import _ranking_depth
+    from mmrank.evaluation import ranking_depth
 
-    assert _ranking_depth(["recall@1", "recall@50"], 2297, full=load_cirr(cirr_root).needs_full_ranking) == 2297
-    assert _ranking_depth(["map@50"], 123403, full=load_circo(circo_root).needs_full_ranking) == 100
+    assert ranking_depth(["recall@1", "recall@50"], 2297, full=load_cirr(cirr_root).needs_full_ranking) == 2297
+    assert ranking_depth(["map@50"], 123403, full=load_circo(circo_root).needs_full_ranking) == 100

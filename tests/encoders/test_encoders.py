@@ -297,3 +297,149 @@ def test_importing_encoders_does_not_import_torch() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert result.stdout.strip() == ""
+
+
+# ---------------------------------------------------------------- the encoder registry
+import zlib  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any, ClassVar  # noqa: E402
+
+from mmrank.encoders import (  # noqa: E402
+    ENCODERS,
+    GemEncoder,
+    encoder_class,
+    encodes_text,
+    modalities,
+    register_encoder,
+)
+from mmrank.encoders.base import l2_normalize  # noqa: E402
+
+
+class HashTextEncoder:
+    """A registry example: character trigrams hashed into ``dim`` buckets, L2-normalised.
+    Its identity is ``hash:dim=<dim>``."""
+
+    modalities: ClassVar[frozenset[str]] = frozenset({"text"})
+
+    def __init__(self, dim: int = 64, **options: Any) -> None:
+        self.dim = dim
+        self.name = f"hash:dim={dim}"
+        self.options = options
+
+    @classmethod
+    def from_identity(cls, reference: str, **options: Any) -> HashTextEncoder:
+        key, _, value = reference.partition("=")
+        if key != "dim" or not value.isdigit():
+            raise InputError(f"hash:{reference}: expected 'hash:dim=<N>'.")
+        return cls(int(value), **options)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            padded = f"  {text.lower()} "
+            for start in range(len(padded) - 2):
+                vectors[row, zlib.crc32(padded[start:start + 3].encode("utf-8")) % self.dim] += 1.0
+        return l2_normalize(vectors)
+
+
+@pytest.fixture()
+def hash_kind(monkeypatch: pytest.MonkeyPatch) -> str:
+    """``hash`` registered for this test only."""
+    monkeypatch.setitem(ENCODERS, "hash", ENCODERS.get("hash", ""))  # restored (or removed) afterwards
+    register_encoder("hash", HashTextEncoder)
+    return "hash"
+
+
+@pytest.fixture()
+def no_model_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building any bundled encoder fails the test."""
+    def refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"{type(self).__name__} was built")
+
+    for cls in (OpenClipEncoder, GemEncoder, SentenceTransformerEncoder):
+        monkeypatch.setattr(cls, "__init__", refuse)
+
+
+@pytest.mark.parametrize(("identity", "expected"), [
+    ("open_clip:ViT-B-32/laion2b_s34b_b79k", {"image", "text"}),
+    ("open_clip:local-dir:/no/such/folder", {"image", "text"}),
+    ("gem:resnet50/superglobal", {"image"}),
+    ("gem:no-such-backbone/gem;random", {"image"}),
+    ("sentence-transformers:sentence-transformers/all-MiniLM-L6-v2", {"text"}),
+    ("sentence-transformers:/no/such/model", {"text"}),
+])
+def test_modalities_come_from_the_registered_class_without_a_model(
+    identity: str, expected: set[str], no_model_builds: None
+) -> None:
+    assert modalities(identity) == frozenset(expected)
+    assert encodes_text(identity) is ("text" in expected)
+
+
+def test_every_bundled_kind_is_registered_to_its_class() -> None:
+    assert encoder_class("open_clip") is OpenClipEncoder
+    assert encoder_class("gem") is GemEncoder
+    assert encoder_class("sentence-transformers") is SentenceTransformerEncoder
+    with pytest.raises(ModelUnavailableError, match=r"'word2vec:'.*register_encoder"):
+        modalities("word2vec:google-news")
+
+
+@pytest.mark.parametrize("kind", ["kind:with:colon", "open_clip:", ""])
+def test_an_encoder_kind_with_a_colon_or_empty_is_refused(kind: str) -> None:
+    before = dict(ENCODERS)
+    with pytest.raises(InputError, match="An encoder kind is a non-empty name without ':'"):
+        register_encoder(kind, HashTextEncoder)
+    assert ENCODERS == before
+
+
+def test_a_registered_text_encoder_loads_by_its_name(hash_kind: str) -> None:
+    assert encoder_class("hash") is HashTextEncoder
+    assert modalities("hash:dim=64") == frozenset({"text"}) and encodes_text("hash:dim=64")
+    encoder = load_encoder_by_name("hash:dim=64", batch_size=4)
+    assert isinstance(encoder, HashTextEncoder) and isinstance(encoder, TextEncoder)
+    assert (encoder.name, encoder.dim, encoder.options) == ("hash:dim=64", 64, {"batch_size": 4})
+    assert load_encoder_by_name(encoder.name).name == encoder.name  # the name rebuilds it
+    vectors = encoder.encode_texts(["a red house", "a red horse", "quarterly revenue fell"])
+    assert_unit_float32(vectors, 3, 64)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+
+
+def test_load_text_encoder_takes_a_registered_identity(hash_kind: str) -> None:
+    encoder = load_text_encoder("hash:dim=32", device="cpu")
+    assert isinstance(encoder, HashTextEncoder)
+    assert (encoder.name, encoder.dim, encoder.options) == ("hash:dim=32", 32, {"device": "cpu"})
+
+
+def test_load_image_encoder_refuses_a_text_only_identity(hash_kind: str, no_model_builds: None) -> None:
+    with pytest.raises(InputError, match=r"^'hash:dim=64' does not encode images; choose a model that does\.$"):
+        load_image_encoder("hash:dim=64")
+
+
+def test_load_text_encoder_refuses_gem_without_building_it(no_model_builds: None) -> None:
+    with pytest.raises(InputError, match=r"^'gem:resnet18/gem;random' does not encode texts"):
+        load_text_encoder("gem:resnet18/gem;random")
+
+
+def test_an_unregistered_kind_is_an_open_clip_or_sentence_transformers_name(hash_kind: str) -> None:
+    # Only registered kinds go through the registry; other names keep their old meaning.
+    with pytest.raises(ModelUnavailableError, match="does not exist"):
+        load_image_encoder("local-dir:/no/such/clip/folder")
+
+
+def test_load_image_encoder_takes_an_open_clip_identity(tiny_clip_dir: Path, tiny_clip: OpenClipEncoder) -> None:
+    encoder = load_image_encoder(f"open_clip:local-dir:{tiny_clip_dir}", device="cpu")
+    assert isinstance(encoder, OpenClipEncoder)
+    assert encoder.name == tiny_clip.name
+    texts = ["a red house", "a dog"]
+    np.testing.assert_allclose(encoder.encode_texts(texts), tiny_clip.encode_texts(texts), atol=1e-6)
+
+
+def test_a_class_defined_in_a_function_loads_once_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not importable by "module:qualname" ("...<locals>.LocalEncoder"), so the class itself is kept.
+    class LocalEncoder(HashTextEncoder):
+        pass
+
+    monkeypatch.setitem(ENCODERS, "local", "")
+    register_encoder("local", LocalEncoder)
+    assert encoder_class("local") is LocalEncoder and modalities("local:dim=8") == frozenset({"text"})
+    encoder = load_text_encoder("local:dim=8")
+    assert isinstance(encoder, LocalEncoder) and encoder.dim == 8

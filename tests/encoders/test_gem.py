@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mmrank.encoders import load_encoder_by_name, load_image_encoder
+from mmrank.images import open_rgb
 from mmrank.encoders.gem import GemEncoder, map_pycls_resnet_keys, parse_gem_identity
 from mmrank.encoders.pooling import GeM, GeMPlus, RegionalGeM, ScaleGeM
 from mmrank.errors import InputError
@@ -128,7 +129,7 @@ def test_cvnet_style_checkpoint_loads_through_the_key_mapping(tmp_path, images):
     assert encoder.dim == 256 and "checkpoint=" in encoder.name
     got = encoder.encode_images(images[:1])[0]
     with torch.inference_mode():
-        pixels = encoder._pixels(__import__("mmrank.images", fromlist=["open_rgb"]).open_rgb(images[0]))
+        pixels = encoder.preprocess(open_rgb(images[0]))
         pooled = F.normalize(GeM(p=3.0, eps=1e-8)(backbone.forward_features(pixels)), dim=-1)
         expected = F.normalize(head(pooled), dim=-1)[0].numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

@@ -75,7 +75,7 @@ def _settings(path: Path) -> Any:
 
 
 def test_fixture_tokenizer_keeps_the_scored_words_whole(tiny_mllm: HFVisionLanguageModel) -> None:
-    tokenizer = tiny_mllm._processor.tokenizer
+    tokenizer = tiny_mllm.processor.tokenizer
     words = ["Yes", " Yes", "No", " No", "yes", " no", "True", " False", "<think>", "</think>",
              "<answer>", "</answer>", "[", "]", "{", "}", '"ranking"', ":", ","]
     words += [str(number) for number in range(1, 21)]

@@ -1,0 +1,500 @@
+"""faiss_tools: backend choice, index construction, what an index can do, and FaissStore on the CPU."""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import subprocess
+import sys
+
+import faiss
+import numpy as np
+import pytest
+
+from mmrank import faiss_tools
+from mmrank.errors import InputError, MMRankError
+from tests.paths import REPO
+
+DIM = 32
+
+
+def unit(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def clustered(n: int, clusters: int = 16, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, dim))
+    vectors = centers[rng.integers(0, clusters, n)] + 0.3 * rng.standard_normal((n, dim))
+    vectors = vectors.astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def scattered_labels(n: int, seed: int = 0) -> np.ndarray:
+    """Labels that are neither positions nor in order, so a search that returned positions would fail."""
+    return np.random.default_rng(seed).permutation(1000 + 7 * np.arange(n)).astype(np.int64)
+
+
+def brute_force(database: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, labels) of the ``k`` best rows per query, as FaissStore.search returns them."""
+    scores = queries @ database.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), labels[order]
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def no_gpu_message(device: str, why: str) -> str:
+    return (
+        f"device={device!r} but no GPU path is available: this FAISS build has no GPU support "
+        f"(pip install 'mmrank[gpu]' for faiss-gpu) and {why}. Use device='cpu' or 'auto'."
+    )
+
+
+# ---------------------------------------------------------------------------------- import cost
+
+
+def test_import_loads_neither_faiss_nor_torch():
+    result = run_python(
+        "import sys, mmrank.faiss_tools, mmrank.torch_search; print(sorted({'faiss', 'torch'} & set(sys.modules)))"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_choose_backend_measures_the_machine_only_when_it_must():
+    code = """
+import sys
+from mmrank import faiss_tools as ft
+from mmrank.errors import MMRankError
+print(ft.choose_backend('Flat', 'cpu'))                    # cpu: nothing to measure
+print(ft.choose_backend('Flat', 'cpu', 'torch'))           # torch on the cpu: no CUDA question
+print(ft.choose_backend('HNSW32', 'auto', faiss_gpus=0))   # not Flat: torch cannot serve it anyway
+try:
+    ft.choose_backend('IVF16,Flat', 'cuda', faiss_gpus=0)
+except MMRankError:
+    print('refused')
+print(sorted({'faiss', 'torch'} & set(sys.modules)))
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:5] == [
+        "('faiss-cpu', 'cpu')", "('torch', 'cpu')", "('faiss-cpu', 'cpu')", "refused", "[]"
+    ]
+
+
+# ------------------------------------------------------------------------------- backend choice
+
+
+@pytest.mark.parametrize(
+    ("faiss_gpus", "torch_cuda", "factory", "device", "backend", "expected"),
+    [
+        (1, True, "Flat", "auto", None, ("faiss-gpu", "cuda")),
+        (1, False, "HNSW32", "cuda:1", None, ("faiss-gpu", "cuda:1")),
+        (0, True, "Flat", "auto", None, ("torch", "cuda")),
+        (0, True, "Flat", "cuda:1", None, ("torch", "cuda:1")),
+        (0, True, "IVF16,Flat", "auto", None, ("faiss-cpu", "cpu")),
+        (0, True, "Flat", "auto", "faiss", ("faiss-cpu", "cpu")),
+        (1, True, "Flat", "cpu", None, ("faiss-cpu", "cpu")),
+        (1, True, "Flat", "auto", "torch", ("torch", "cuda")),
+        (0, False, "Flat", "auto", None, ("faiss-cpu", "cpu")),
+    ],
+)
+def test_backend_choice(faiss_gpus, torch_cuda, factory, device, backend, expected):
+    assert faiss_tools.choose_backend(factory, device, backend, faiss_gpus=faiss_gpus,
+                                      torch_cuda=torch_cuda) == expected
+
+
+def test_cuda_without_any_gpu_path_is_refused():
+    with pytest.raises(MMRankError, match="backend='faiss'"):
+        faiss_tools.choose_backend("Flat", "cuda", "faiss", faiss_gpus=0, torch_cuda=True)
+
+
+@pytest.mark.parametrize(
+    ("faiss_gpus", "torch_cuda", "factory", "device", "backend", "expected"),
+    [
+        # backend='torch': Flat only; auto follows torch's CUDA; an explicit device is kept
+        (0, False, "Flat", "auto", "torch", ("torch", "cpu")),
+        (2, False, "Flat", "cpu", "torch", ("torch", "cpu")),
+        (0, True, "Flat", "cpu", "torch", ("torch", "cpu")),
+        (0, True, "Flat", "cuda", "torch", ("torch", "cuda")),
+        (0, True, "Flat", "cuda:3", "torch", ("torch", "cuda:3")),
+        # device='cpu' always means FAISS on the CPU
+        (2, True, "HNSW32", "cpu", None, ("faiss-cpu", "cpu")),
+        (2, True, "IVF16,Flat", "cpu", "faiss", ("faiss-cpu", "cpu")),
+        # a FAISS GPU build serves every factory, and wins over torch
+        (2, True, "IVF16,PQ4x8", "auto", None, ("faiss-gpu", "cuda")),
+        (2, False, "Flat", "cuda", "faiss", ("faiss-gpu", "cuda")),
+        (1, True, "Flat", "cuda:0", None, ("faiss-gpu", "cuda:0")),
+        # no FAISS GPU: torch on CUDA for Flat only, else the CPU under 'auto'
+        (0, True, "Flat", "cuda", None, ("torch", "cuda")),
+        (0, True, "HNSW32", "auto", None, ("faiss-cpu", "cpu")),
+        (0, False, "IVF16,Flat", "auto", None, ("faiss-cpu", "cpu")),
+        (0, False, "Flat", "auto", "faiss", ("faiss-cpu", "cpu")),
+    ],
+)
+def test_more_backend_choices(faiss_gpus, torch_cuda, factory, device, backend, expected):
+    assert faiss_tools.choose_backend(factory, device, backend, faiss_gpus=faiss_gpus,
+                                      torch_cuda=torch_cuda) == expected
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "CUDA", "cuda:x", "cuda:-1", "cpu:0", " cpu", "auto ", "", None, 0])
+def test_bad_device_is_refused(device):
+    with pytest.raises(InputError) as caught:
+        faiss_tools.choose_backend("Flat", device, faiss_gpus=1, torch_cuda=True)
+    assert str(caught.value) == f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}."
+
+
+@pytest.mark.parametrize("backend", ["faiss-gpu", "faiss-cpu", "Torch", "", "cuda"])
+def test_bad_backend_is_refused(backend):
+    with pytest.raises(InputError) as caught:
+        faiss_tools.choose_backend("Flat", "auto", backend, faiss_gpus=1, torch_cuda=True)
+    assert str(caught.value) == f"backend must be None (automatic), 'faiss' or 'torch'; got {backend!r}."
+
+
+def test_device_is_checked_before_backend():
+    with pytest.raises(InputError, match="device must be"):
+        faiss_tools.choose_backend("Flat", "gpu", "nope", faiss_gpus=1, torch_cuda=True)
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF16,Flat", "IDMap2,Flat", "flat"])
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda"])
+def test_torch_backend_refuses_a_factory_other_than_flat(factory, device):
+    with pytest.raises(InputError) as caught:
+        faiss_tools.choose_backend(factory, device, "torch", faiss_gpus=1, torch_cuda=True)
+    assert str(caught.value) == f"The torch backend does exact search only (factory 'Flat'), not {factory!r}."
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+@pytest.mark.parametrize("faiss_gpus", [0, 2])
+def test_torch_backend_on_cuda_needs_torch_cuda(device, faiss_gpus):
+    with pytest.raises(MMRankError) as caught:
+        faiss_tools.choose_backend("Flat", device, "torch", faiss_gpus=faiss_gpus, torch_cuda=False)
+    assert type(caught.value) is MMRankError  # the machine's fault, not the input's
+    assert str(caught.value) == f"device={device!r} with the torch backend, but torch sees no CUDA device."
+
+
+@pytest.mark.parametrize(
+    ("factory", "device", "backend", "torch_cuda", "why"),
+    [
+        ("Flat", "cuda", None, False, "torch sees no CUDA device either"),
+        ("Flat", "cuda:1", None, False, "torch sees no CUDA device either"),
+        ("IVF16,Flat", "cuda", None, True,
+         "the torch GPU backend only does exact search (factory 'Flat'), not 'IVF16,Flat'"),
+        ("HNSW32", "cuda:2", None, False,
+         "the torch GPU backend only does exact search (factory 'Flat'), not 'HNSW32'"),
+        ("Flat", "cuda", "faiss", True, "torch is not used because backend='faiss' was asked for"),
+        ("IVF16,Flat", "cuda:0", "faiss", False, "torch is not used because backend='faiss' was asked for"),
+    ],
+)
+def test_cuda_without_a_gpu_path_says_why(factory, device, backend, torch_cuda, why):
+    with pytest.raises(MMRankError) as caught:
+        faiss_tools.choose_backend(factory, device, backend, faiss_gpus=0, torch_cuda=torch_cuda)
+    assert type(caught.value) is MMRankError
+    assert str(caught.value) == no_gpu_message(device, why)
+
+
+def test_machine_is_measured_when_not_described():
+    measured = {"faiss_gpus": faiss_tools.faiss_gpu_count(), "torch_cuda": faiss_tools.torch_cuda_available()}
+    for factory in ("Flat", "IVF16,Flat"):
+        for backend in (None, "faiss"):
+            assert faiss_tools.choose_backend(factory, "auto", backend) == faiss_tools.choose_backend(
+                factory, "auto", backend, **measured)
+    assert faiss_tools.choose_backend("Flat", "auto", "torch") == (
+        "torch", "cuda" if measured["torch_cuda"] else "cpu")
+
+
+def test_gpu_counts_describe_this_machine():
+    import torch
+
+    count = faiss_tools.faiss_gpu_count()
+    assert isinstance(count, int) and count >= 0
+    if not hasattr(faiss, "StandardGpuResources"):  # a faiss-cpu build
+        assert count == 0
+    assert faiss_tools.torch_cuda_available() is torch.cuda.is_available()
+
+
+# ---------------------------------------------------------------------------------- new_index
+
+
+@pytest.mark.parametrize(
+    ("factory", "outer", "inner"),
+    [
+        ("Flat", faiss.IndexIDMap2, faiss.IndexFlat),
+        ("HNSW32", faiss.IndexIDMap2, faiss.IndexHNSWFlat),
+        ("PCA16,Flat", faiss.IndexIDMap2, faiss.IndexPreTransform),
+        ("IVF16,Flat", faiss.IndexIVFFlat, None),
+        ("IVF16,PQ4x8", faiss.IndexIVFPQ, None),
+        ("OPQ4,IVF16,PQ4x8", faiss.IndexPreTransform, None),
+    ],
+)
+def test_new_index_is_inner_product_and_takes_labels(factory, outer, inner):
+    index = faiss_tools.new_index(DIM, factory)
+    top = faiss.downcast_index(index)
+    assert type(top) is outer
+    assert (top.d, top.ntotal, top.metric_type) == (DIM, 0, faiss.METRIC_INNER_PRODUCT)
+    if inner is None:  # IVF keeps labels itself: an IDMap around it would mislabel hits after a removal
+        assert not isinstance(top, faiss.IndexIDMap)
+    else:
+        wrapped = faiss.downcast_index(top.index)
+        assert type(wrapped) is inner and wrapped.metric_type == faiss.METRIC_INNER_PRODUCT
+
+
+def test_wrapped_index_outlives_the_factory_result_and_keeps_labels():
+    index = faiss_tools.new_index(DIM, "Flat")
+    gc.collect()  # the IDMap2 must hold on to the Flat index it wraps
+    vectors, labels = unit(5), np.array([70, 5, 300, 2**40, 11], dtype=np.int64)
+    index.add_with_ids(vectors, labels)
+    scores, found = index.search(vectors, 1)
+    assert found[:, 0].tolist() == labels.tolist()
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-6)  # inner product of unit vectors with themselves
+
+
+@pytest.mark.parametrize("factory", ["Nonsense42", "IVF16,Flatt", "IVF,Flat", "LSH"])
+def test_bad_factory_is_an_input_error_naming_it(factory):
+    expected = f"FAISS cannot build an index from the factory string {factory!r}: "
+    with pytest.raises(InputError, match=re.escape(expected)):
+        faiss_tools.new_index(DIM, factory)
+
+
+# ------------------------------------------------------------------------ what an index can do
+
+
+def raw(factory: str):
+    """A FAISS index straight from the factory, without new_index's IDMap2."""
+    return faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)
+
+
+@pytest.mark.parametrize(
+    ("factory", "native"),
+    [
+        ("Flat", False),
+        ("HNSW32", False),
+        ("PQ4", False),
+        ("PCA16,Flat", False),
+        ("IVF16,Flat", True),
+        ("IVF16,PQ4x8", True),
+        ("IDMap,Flat", True),
+        ("IDMap2,HNSW32", True),
+        ("OPQ4,IVF16,Flat", True),
+        ("PCA16,IVF16,Flat", True),
+    ],
+)
+def test_has_native_ids(factory, native):
+    assert faiss_tools.has_native_ids(raw(factory)) is native
+    assert faiss_tools.has_native_ids(faiss_tools.new_index(DIM, factory)) is True  # new_index wraps the rest
+
+
+@pytest.mark.parametrize(
+    ("factory", "removable"),
+    [
+        ("Flat", True),  # IDMap2 over Flat
+        ("SQ8", True),
+        ("PQ4", True),
+        ("IVF16,Flat", True),
+        ("IVF16,PQ4x8", True),
+        ("HNSW32", False),  # IDMap2 over HNSW
+        ("HNSW32,PQ4", False),
+        ("PCA16,Flat", True),  # a pre-transform: the inner index's answer
+        ("OPQ4,IVF16,Flat", True),
+        ("PCA16,IVF16,Flat", True),
+        ("PCA16,HNSW32", False),
+        ("OPQ4,HNSW32", False),
+    ],
+)
+def test_can_remove(factory, removable):
+    assert faiss_tools.can_remove(faiss_tools.new_index(DIM, factory)) is removable
+
+
+def test_can_remove_refuses_a_bare_flat_and_hnsw():
+    # A bare Flat shifts the labels of later vectors on removal; HNSW cannot remove at all.
+    assert faiss_tools.can_remove(raw("Flat")) is False
+    assert faiss_tools.can_remove(raw("HNSW32")) is False
+    hnsw = faiss_tools.new_index(DIM, "HNSW32")
+    hnsw.add_with_ids(unit(10), np.arange(10, dtype=np.int64))
+    with pytest.raises(RuntimeError):  # what can_remove() == False spares callers
+        hnsw.remove_ids(np.array([3], dtype=np.int64))
+
+
+@pytest.mark.parametrize(
+    ("factory", "expected"),
+    [
+        ("Flat", 1),
+        ("HNSW32", 1),
+        ("SQ8", 1),
+        ("IVF16,Flat", 16),
+        ("IVF64,Flat", 64),
+        ("IVF16,PQ4x8", 256),  # k-means of each PQ sub-quantizer: 2**8 centroids
+        ("IVF16,PQ4", 256),
+        ("IVF16,PQ4x4", 16),  # 2**4 codes, no more than the 16 lists
+        ("IVF64,PQ4x4", 64),
+        ("PQ4", 256),  # inside the IDMap2
+        ("HNSW32,PQ4", 256),  # HNSW's storage
+        ("PCA16,IVF16,Flat", 16),  # under a pre-transform
+        ("OPQ4,IVF16,PQ4x8", 256),
+    ],
+)
+def test_min_training_vectors(factory, expected):
+    index = faiss_tools.new_index(DIM, factory)
+    assert faiss_tools.min_training_vectors(index) == expected
+
+
+# "np": no polysemous training, which takes FAISS some 20 s for 8-bit codes and changes nothing here.
+@pytest.mark.parametrize(
+    "factory", ["IVF16,Flat", "IVF64,Flat", "IVF16,PQ4x8np", "IVF64,PQ4x4np", "OPQ4,IVF16,PQ4x8np"]
+)
+def test_min_training_vectors_is_the_fewest_faiss_accepts(factory):
+    index = faiss_tools.new_index(DIM, factory)
+    need = faiss_tools.min_training_vectors(index)
+    data = clustered(need, seed=3)
+    with pytest.raises(RuntimeError, match="training points"):
+        index.train(data[:-1])
+    index = faiss_tools.new_index(DIM, factory)
+    index.train(data)
+    assert index.is_trained
+
+
+@pytest.mark.parametrize(("factory", "expected"), [("OPQ4,IVF16,Flat", 256), ("PCA16,Flat", 16)])
+def test_min_training_vectors_counts_the_pre_transform(factory, expected):
+    index = faiss_tools.new_index(DIM, factory)
+    assert faiss_tools.min_training_vectors(index) == expected
+    index.train(clustered(expected, seed=3))
+    assert index.is_trained
+
+
+def test_min_training_vectors_of_a_temporary_index():
+    code = """
+from mmrank import faiss_tools as ft
+for _ in range(10):
+    found = [ft.min_training_vectors(ft.new_index(32, f)) for f in ("Flat", "HNSW32", "HNSW32,PQ4")]
+print(found)
+"""
+    result = run_python(code)
+    assert result.returncode == 0, f"exit status {result.returncode}: {result.stderr[-2000:]}"
+    assert result.stdout.strip() == "[1, 1, 256]"
+
+
+def test_id_map_labels():
+    index = faiss_tools.new_index(DIM, "Flat")
+    empty = faiss_tools.id_map_labels(index)
+    assert empty.dtype == np.int64 and empty.size == 0
+    index.add_with_ids(unit(4), np.array([50, 3, 17, 1000], dtype=np.int64))
+    labels = faiss_tools.id_map_labels(index)
+    assert labels.dtype == np.int64 and labels.tolist() == [3, 17, 50, 1000]
+    index.remove_ids(np.array([17], dtype=np.int64))
+    assert faiss_tools.id_map_labels(index).tolist() == [3, 50, 1000]
+    hnsw = faiss_tools.new_index(DIM, "HNSW32")
+    hnsw.add_with_ids(unit(3), np.array([9, 2, 5], dtype=np.int64))
+    assert faiss_tools.id_map_labels(hnsw).tolist() == [2, 5, 9]
+
+
+def test_id_map_labels_is_none_without_an_id_map():
+    ivf = faiss_tools.new_index(DIM, "IVF16,Flat")
+    ivf.train(clustered(200))
+    ivf.add_with_ids(clustered(20, seed=1), np.arange(20, dtype=np.int64))
+    assert faiss_tools.id_map_labels(ivf) is None
+    assert faiss_tools.id_map_labels(raw("Flat")) is None
+    assert faiss_tools.id_map_labels(faiss_tools.new_index(DIM, "OPQ4,IVF16,Flat")) is None
+
+
+# ---------------------------------------------------------------------------------- FaissStore
+
+
+def test_faiss_store_flat_add_search_remove():
+    database, queries, labels = unit(400), unit(12, seed=1), scattered_labels(400)
+    store = faiss_tools.FaissStore(faiss_tools.new_index(DIM, "Flat"))
+    assert store.removable and store.is_trained
+    store.add(database[:150], labels[:150])
+    store.add(database[150:], labels[150:])
+    scores, found = store.search(queries, 10)
+    expected_scores, expected_labels = brute_force(database, labels, queries, 10)
+    assert found.dtype == np.int64 and found.shape == (12, 10)
+    np.testing.assert_array_equal(found, expected_labels)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+    gone = labels[::3]
+    unknown = np.array([-5, 999], dtype=np.int64)
+    assert store.remove(np.concatenate([gone[::-1], unknown])) == len(gone)
+    assert store.index.ntotal == 400 - len(gone)
+    keep = np.ones(400, dtype=bool)
+    keep[::3] = False
+    scores, found = store.search(queries, 10)
+    expected_scores, expected_labels = brute_force(database[keep], labels[keep], queries, 10)
+    np.testing.assert_array_equal(found, expected_labels)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    assert store.search(database[keep], 1)[1][:, 0].tolist() == labels[keep].tolist()  # survivors find themselves
+    assert faiss_tools.id_map_labels(store.to_cpu()).tolist() == sorted(labels[keep].tolist())
+    assert store.to_cpu() is store.index  # already on the CPU
+
+
+def test_faiss_store_ivf_trains_probes_and_removes():
+    database, queries, labels = clustered(600), clustered(15, seed=2), scattered_labels(600, seed=1)
+    store = faiss_tools.FaissStore(faiss_tools.new_index(DIM, "IVF16,Flat"))
+    assert store.removable and not store.is_trained
+    store.train(database)
+    assert store.is_trained
+    store.add(database, labels)
+
+    store.set_parameter("nprobe", 1)  # FAISS's default: one list of 16, so far fewer than 600 hits
+    _, found = store.search(queries, 600)
+    assert (found == -1).any(axis=1).all()
+    assert set(found[found >= 0].tolist()) <= set(labels.tolist())
+
+    store.set_parameter("nprobe", 16)  # every list: exact
+    assert store.index.nprobe == 16
+    scores, found = store.search(queries, 10)
+    expected_scores, expected_labels = brute_force(database, labels, queries, 10)
+    np.testing.assert_array_equal(found, expected_labels)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+    keep = np.ones(600, dtype=bool)
+    keep[1::2] = False
+    assert store.remove(labels[~keep]) == 300
+    scores, found = store.search(queries, 10)
+    expected_scores, expected_labels = brute_force(database[keep], labels[keep], queries, 10)
+    np.testing.assert_array_equal(found, expected_labels)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+
+def test_faiss_store_removal_under_a_pre_transform_keeps_labels():
+    database, queries, labels = unit(300), unit(10, seed=1), scattered_labels(300, seed=2)
+    keep = np.ones(300, dtype=bool)
+    keep[::4] = False
+    removed = faiss_tools.FaissStore(faiss_tools.new_index(DIM, "PCA16,Flat"))
+    never_added = faiss_tools.FaissStore(faiss_tools.new_index(DIM, "PCA16,Flat"))
+    assert removed.removable
+    for store in (removed, never_added):
+        store.train(database)  # PCA is deterministic: both learn the same projection
+    removed.add(database, labels)
+    never_added.add(database[keep], labels[keep])
+    assert removed.remove(labels[~keep]) == (~keep).sum()
+    scores, found = removed.search(queries, 20)
+    expected_scores, expected_labels = never_added.search(queries, 20)
+    np.testing.assert_array_equal(found, expected_labels)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+
+def test_faiss_store_hnsw_searches_but_cannot_remove():
+    database, labels = unit(300), scattered_labels(300, seed=3)
+    store = faiss_tools.FaissStore(faiss_tools.new_index(DIM, "HNSW32"))
+    assert not store.removable and store.is_trained
+    store.add(database, labels)
+    store.set_parameter("efSearch", 64)
+    assert faiss.downcast_index(store.index.index).hnsw.efSearch == 64
+    assert store.search(database, 1)[1][:, 0].tolist() == labels.tolist()
+    with pytest.raises(RuntimeError):
+        store.set_parameter("nprobe", 4)
+    with pytest.raises(RuntimeError):
+        store.remove(labels[:1])
+
+
+@pytest.mark.parametrize("name", ["nprobe", "efSearch"])
+def test_faiss_store_parameter_that_does_not_apply_raises(name):
+    store = faiss_tools.FaissStore(faiss_tools.new_index(DIM, "Flat"))
+    with pytest.raises(RuntimeError, match=name):
+        store.set_parameter(name, 4)
