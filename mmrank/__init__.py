@@ -21,6 +21,7 @@ from mmrank.errors import (
     InputError,
     MissingDependencyError,
     MMRankError,
+    ModelReplyError,
     ModelUnavailableError,
 )
 from mmrank.types import Hit, Item, Query, Ranking, StageScore
@@ -46,6 +47,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CollectionError", "EncoderMismatchError", "Hit", "InputError", "Item", "MMRankError",
-    "MissingDependencyError", "ModelUnavailableError", "Query", "Ranking", "StageScore", "__version__",
+    "MissingDependencyError", "ModelReplyError", "ModelUnavailableError", "Query", "Ranking", "StageScore", "__version__",
     *_LAZY,
 ]

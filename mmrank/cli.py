@@ -14,7 +14,8 @@ import typer
 
 from mmrank.datasets import known_kinds
 from mmrank.encoders import ENCODERS
-from mmrank.errors import MMRankError
+from mmrank.documents import MAX_DPI, MIN_DPI
+from mmrank.errors import InputError, MMRankError
 from mmrank.rerankers import RERANKERS
 from mmrank.resources import bundled_pipelines
 
@@ -36,6 +37,9 @@ MLLMOption = Annotated[Optional[str], typer.Option(
     show_default="the pipeline's")]
 PIPELINE_HELP = (f"Pipeline YAML file, or the name of a bundled one: {', '.join(bundled_pipelines())}. "
                  f"Stage types for a YAML of your own: {', '.join(RERANKERS)}.")
+TrustOption = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="Let the pipeline's MLLM load a model that runs Python code of its own (only for "
+                                "a model you trust; a pipeline file cannot turn this on).")]
 MLLMUrlOption = Annotated[Optional[str], typer.Option(
     "--mllm-url", help="An OpenAI-compatible server (vLLM, SGLang) to run the MLLM rerankers, e.g. "
                        "http://localhost:8000.", show_default=False)]
@@ -61,45 +65,61 @@ def index(
         show_default="laion2b_s34b_b79k")] = None,
     pages_as_images: Annotated[bool, typer.Option(
         help="Also embed every PDF page's picture with the image model (text-less pages always are).")] = False,
-    dpi: Annotated[int, typer.Option(help="Resolution at which PDF pages are rendered for the image model.")] = 144,
+    dpi: Annotated[int, typer.Option(
+        help=f"Resolution at which PDF pages are rendered for the image model ({MIN_DPI} to {MAX_DPI}).")] = 144,
     index_factory: Annotated[Optional[str], typer.Option(
         help="FAISS index type: Flat (exact), IVF4096,Flat, HNSW32, IVF4096,PQ64 ...",
         show_default="Flat, or the collection's")] = None,
     batch_size: Annotated[int, typer.Option(help="Items encoded per batch (and stored per transaction).")] = 32,
     device: DeviceOption = "auto",
     strict: Annotated[bool, typer.Option(help="Exit with an error if any file or page is skipped.")] = False,
+    keep_missing: Annotated[bool, typer.Option(
+        help="Keep the items of files under PATHS that no longer exist (by default they are removed).")] = False,
+    no_wait: Annotated[bool, typer.Option(
+        "--no-wait", help="If another mmrank process is writing to the collection, stop at once instead of "
+                          "waiting for it.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Build or update a collection from images and PDFs.
 
-    Re-running the same command resumes an interrupted build: unchanged files are skipped and
-    changed files replace their items. Bad files are reported and skipped.
+    Re-running the same command resumes an interrupted build: unchanged files are skipped, changed
+    files replace their items, and files under PATHS that were deleted are removed (unless
+    --keep-missing). Bad files and pages are reported and skipped. One process writes to a
+    collection at a time; another waits for it (or stops at once with --no-wait).
     """
     from mmrank.collection import Collection
+    from mmrank.documents import check_dpi
     from mmrank.encoders import load_encoder_by_name, load_image_encoder, load_text_encoder
     from mmrank.indexing import ItemEncoder, index_paths
     from mmrank.ingest import require_existing
 
-    require_existing(paths)  # before anything is created
-    collection = Collection.open_or_create(out, index_factory=index_factory, device=device)
-    spaces = collection.spaces
-    if text_model is None and "text" in spaces:
-        text_encoder = load_encoder_by_name(spaces["text"].encoder, device=device)
-    else:
-        text_encoder = load_text_encoder(text_model, device=device)
+    require_existing(paths)  # options and paths are checked before anything is created
+    check_dpi(dpi)
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
+    waiting = {"wait": not no_wait, "on_wait": lambda message: typer.echo(message, err=True)}
+    collection = Collection.open_or_create(out, index_factory=index_factory, device=device, **waiting)
+    with collection.writing(**waiting):
+        spaces = collection.spaces  # as the lock found them: another run may have bound a space
+        if text_model is None and "text" in spaces:
+            text_encoder = load_encoder_by_name(spaces["text"].encoder, device=device)
+        else:
+            text_encoder = load_text_encoder(text_model, device=device)
 
-    def image_encoder():
-        if image_model is None and "image" in spaces:
-            return load_encoder_by_name(spaces["image"].encoder, device=device, progress=False)
-        tag = {} if image_pretrained is None else {"pretrained": image_pretrained}
-        return load_image_encoder(image_model, device=device, **tag)
+        def image_encoder():
+            if image_model is None and "image" in spaces:
+                return load_encoder_by_name(spaces["image"].encoder, device=device, progress=False)
+            tag = {} if image_pretrained is None else {"pretrained": image_pretrained}
+            return load_image_encoder(image_model, device=device, **tag)
 
-    encoder = ItemEncoder(text_encoder, image_encoder, pages_as_images=pages_as_images, dpi=dpi)
-    report = index_paths(collection, paths, encoder, batch_size=batch_size, progress=not quiet)
+        encoder = ItemEncoder(text_encoder, image_encoder, pages_as_images=pages_as_images, dpi=dpi)
+        report = index_paths(collection, paths, encoder, batch_size=batch_size, progress=not quiet,
+                             prune=not keep_missing)
     info = collection.info()
+    removed = f"; removed {report.removed_files} that no longer exist" if report.removed_files else ""
     typer.echo(
         f"Indexed {report.added_files} new and {report.replaced_files} changed files "
-        f"({report.items_added} items) in {report.seconds:.1f} s; {report.unchanged_files} unchanged. "
+        f"({report.items_added} items) in {report.seconds:.1f} s; {report.unchanged_files} unchanged{removed}. "
         f"{out} now holds {info['items']} items."
     )
     for warning in report.warnings:
@@ -129,6 +149,7 @@ def search(
              "moved, and what the models said and saw (e.g. a target caption, the grid).")] = None,
     mllm: MLLMOption = None,
     mllm_url: MLLMUrlOption = None,
+    trust_remote_code: TrustOption = False,
     device: DeviceOption = "auto",
 ) -> None:
     """Search a collection with text, an image, or both.
@@ -138,7 +159,6 @@ def search(
     itself is left out of them.
     """
     from mmrank.collection import Collection
-    from mmrank.errors import InputError
     from mmrank.types import Query
 
     if text is not None and text_option is not None:
@@ -152,8 +172,9 @@ def search(
         query = Query(image=image)
     else:  # a composed query: the reference itself, when the collection holds it, is no answer
         query = Query(image=image, modification=text, excluded={str(image.resolve())})
+    _check_output(report, "--report")
     collection = Collection.open(collection_path, device=device)
-    runner = _pipeline(pipeline, collection, mllm, mllm_url)
+    runner = _pipeline(pipeline, collection, mllm, mllm_url, trust_remote_code)
     ranking = runner.search(query, k)
     if as_json:
         typer.echo(json.dumps(ranking.to_dicts(), indent=2))
@@ -180,24 +201,29 @@ def info(
     collection_path: Annotated[Path, typer.Argument(metavar="COLLECTION", help="A collection folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show what a collection holds: items, encoders, dimensions, index type."""
+    """Show what a collection holds: items, encoders, dimensions, index type. Published indexes
+    that are missing or damaged are rebuilt from the database (unless another process is writing)."""
     from mmrank.collection import Collection
 
     with Collection.open(collection_path) as collection:
+        repaired = collection.repair_indexes()
         details = collection.info()
+    if repaired:
+        typer.echo(f"Rebuilt from the database: {', '.join(repaired)} (missing or damaged).", err=True)
     if as_json:
         typer.echo(json.dumps(details, indent=2))
         return
     kinds = ", ".join(f"{n} {kind}s" for kind, n in sorted(details["items_by_kind"].items())) or "none"
-    lines = [
-        f"collection  {details['path']}",
-        f"items       {details['items']} ({kinds}); {details['with_text']} with text; from {details['files']} files",
-        f"index       {details['index']}",
+    rows = [
+        ("collection", details["path"]),
+        ("items", f"{details['items']} ({kinds}); {details['with_text']} with text; from {details['files']} files"),
+        ("index", details["index"]),
+        *((f"{name} vectors", f"{space['vectors']} x {space['dim']} by {space['encoder']}")
+          for name, space in details["spaces"].items()),
+        ("updated", details["updated"]),
     ]
-    for name, space in details["spaces"].items():
-        lines.append(f"{name + ' vectors':<12}{space['vectors']} x {space['dim']} by {space['encoder']}")
-    lines.append(f"updated     {details['updated']}")
-    typer.echo("\n".join(lines))
+    width = max(len(label) for label, _ in rows) + 2
+    typer.echo("\n".join(f"{label:<{width}}{value}" for label, value in rows))
 
 
 @app.command(name="eval")
@@ -237,6 +263,7 @@ def evaluate(
              "this folder.", show_default=False)] = None,
     mllm: MLLMOption = None,
     mllm_url: MLLMUrlOption = None,
+    trust_remote_code: TrustOption = False,
     device: DeviceOption = "auto",
 ) -> None:
     """Evaluate a pipeline on a dataset: metrics and latency after every stage."""
@@ -245,7 +272,6 @@ def evaluate(
     from mmrank.collection import Collection
     from mmrank.datasets import load_dataset
     from mmrank.encoders import load_image_encoder, load_text_encoder
-    from mmrank.errors import InputError
     from mmrank.evaluation import (
         DEFAULT_METRICS,
         SubmissionRankings,
@@ -255,6 +281,7 @@ def evaluate(
     )
     from mmrank.indexing import ItemEncoder
 
+    _check_output(report, "--report")
     options = _key_values(option or [])
     if split is not None:
         options["split"] = split
@@ -276,7 +303,7 @@ def evaluate(
         folder = collection_path or Path(scratch) / "collection"
         with Collection.open_or_create(folder, device=device) as collection:
             add_dataset_items(collection, dataset, encoder, progress=not as_json)
-            runner = _pipeline(pipeline, collection, mllm, mllm_url)
+            runner = _pipeline(pipeline, collection, mllm, mllm_url, trust_remote_code)
             shown: list = []
 
             def on_batch(rankings) -> None:
@@ -321,17 +348,32 @@ def convert_revisited(
     typer.echo(f"Wrote {written}")
 
 
-def _pipeline(name: str | None, collection, mllm: str | None, mllm_url: str | None):
+def _pipeline(name: str | None, collection, mllm: str | None, mllm_url: str | None, trust_remote_code: bool = False):
     """The named pipeline (the default one when None) with its MLLM rerankers' model replaced;
-    --mllm / --mllm-url on a pipeline without an MLLM reranker are an error, not silently ignored."""
-    from mmrank.errors import InputError
+    --mllm / --mllm-url / --trust-remote-code on a pipeline without an MLLM reranker are an error,
+    not silently ignored."""
     from mmrank.pipeline import Pipeline
 
-    runner = Pipeline.from_yaml(name, collection, mllm=mllm, mllm_url=mllm_url) if name else Pipeline(collection)
-    if (mllm or mllm_url) and not any(getattr(r, "uses_mllm", False) for r in runner.rerankers):
-        raise InputError(f"--mllm/--mllm-url need a pipeline with an MLLM reranker (bundled: "
+    runner = (Pipeline.from_yaml(name, collection, mllm=mllm, mllm_url=mllm_url, trust_remote_code=trust_remote_code)
+              if name else Pipeline(collection))
+    if (mllm or mllm_url or trust_remote_code) and not any(getattr(r, "uses_mllm", False) for r in runner.rerankers):
+        raise InputError(f"--mllm/--mllm-url/--trust-remote-code need a pipeline with an MLLM reranker (bundled: "
                          f"{', '.join(_mllm_pipelines())}); {name or 'the default pipeline'} has none.")
     return runner
+
+
+def _check_output(path: Path | None, option: str) -> None:
+    """InputError when a file the command would write lies inside a collection folder (it could
+    overwrite the collection's own files), before anything runs."""
+    from mmrank.manifest import MANIFEST
+
+    if path is None:
+        return
+    folder = path.expanduser().absolute().parent
+    for candidate in (folder, *folder.parents):
+        if (candidate / MANIFEST).is_file():
+            raise InputError(f"{option} {path}: that is inside the collection {candidate}, whose files it could "
+                             "overwrite; write it elsewhere (nothing was written).")
 
 
 def _mllm_pipelines() -> list[str]:
@@ -347,7 +389,6 @@ def _mllm_pipelines() -> list[str]:
 
 def _key_values(pairs: list[str]) -> dict[str, object]:
     """``KEY=VALUE`` strings as a dict; values that read as JSON (numbers, true/false) are parsed."""
-    from mmrank.errors import InputError
 
     options: dict[str, object] = {}
     for pair in pairs:
@@ -391,9 +432,16 @@ def _fail(message: str) -> None:
 
 
 def main() -> None:
-    """Console entry point: mmrank's own errors become one clear line and exit status 2."""
+    """Console entry point: mmrank's own errors, and a collection database that fails under a
+    command, become one clear line and exit status 2."""
+    import sqlite3
+
     try:
         app()
     except MMRankError as error:
         typer.echo(f"Error: {error}", err=True)
+        sys.exit(2)
+    except sqlite3.DatabaseError as error:
+        typer.echo(f"Error: a collection's database failed ({error}); if it is damaged, build the collection "
+                   "again from its files into a new folder.", err=True)
         sys.exit(2)

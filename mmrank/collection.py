@@ -16,7 +16,9 @@ space's encoder).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +26,10 @@ import numpy as np
 
 from mmrank.encoders.bound import BoundEncoders
 from mmrank.errors import CollectionError, InputError, listing
+from mmrank.faiss_tools import check_factory
 from mmrank.index_set import Hits, IndexSet
 from mmrank.item_store import DATABASE, FileEntry, ItemStore, VectorBatch
+from mmrank.locking import LOCK_FILE, WriterLock
 from mmrank.manifest import MANIFEST, Manifest, Space
 from mmrank.types import Item
 
@@ -40,14 +44,16 @@ class Collection:
     """Items, their vectors and the indexes over them, kept in one folder.
 
     Use :meth:`create`, :meth:`open` or :meth:`open_or_create`. ``device`` is where FAISS indexes
-    and encoders run.
+    and encoders run. One process writes at a time: every write takes the collection's writer lock
+    (:meth:`writing` holds it across many writes, as an index run does); searches never wait for it.
     """
 
     def __init__(self, path: Path, manifest: Manifest, store: ItemStore, device: str = "auto") -> None:
         self.path = path
         self.manifest = manifest
         self.store = store
-        self.indexes = IndexSet(path, store, manifest, device)
+        self.lock = WriterLock(path)
+        self.indexes = IndexSet(path, store, manifest, device, self.lock)
         self.encoders = BoundEncoders(manifest, device)
 
     # ----------------------------------------------------------------- opening and creating
@@ -55,16 +61,18 @@ class Collection:
     def create(cls, path: str | Path, *, index_factory: str = "Flat", device: str = "auto") -> Collection:
         """Make a new, empty collection in ``path`` (which must not exist, or be an empty folder)."""
         path = Path(path)
+        check_factory(index_factory)
         if (path / MANIFEST).exists():
             raise CollectionError(f"{path}: already a collection; open it instead of creating it.")
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and (not path.is_dir() or any(p.name != LOCK_FILE for p in path.iterdir())):
             raise CollectionError(
                 f"{path}: exists and is not an mmrank collection; choose a new or empty folder "
                 "(nothing was written)."
             )
         path.mkdir(parents=True, exist_ok=True)
-        store = ItemStore.create(path / DATABASE, name=path)
-        return cls(path, Manifest.create(path, index_factory), store, device)
+        with WriterLock(path).hold():
+            store = ItemStore.create(path / DATABASE, name=path)
+            return cls(path, Manifest.create(path, index_factory), store, device)
 
     @classmethod
     def open(cls, path: str | Path, *, device: str = "auto") -> Collection:
@@ -80,15 +88,36 @@ class Collection:
         return cls(path, manifest, ItemStore(path / DATABASE, name=path), device)
 
     @classmethod
-    def open_or_create(cls, path: str | Path, *, index_factory: str | None = None,
-                       device: str = "auto") -> Collection:
-        """Open ``path`` if it holds a collection, else create one there."""
-        if (Path(path) / MANIFEST).exists():
-            collection = cls.open(path, device=device)
-            if index_factory and index_factory != collection.index_factory:
-                collection.set_index_factory(index_factory)
-            return collection
-        return cls.create(path, index_factory=index_factory or "Flat", device=device)
+    def open_or_create(cls, path: str | Path, *, index_factory: str | None = None, device: str = "auto",
+                       wait: bool = True, on_wait: Callable[[str], None] | None = None) -> Collection:
+        """Open ``path`` if it holds a collection, else create one there. A new collection is made
+        under the writer lock (``wait`` and ``on_wait`` as in :meth:`writing`), so two processes
+        starting at once make one collection between them."""
+        path = Path(path)
+        if index_factory:
+            check_factory(index_factory)
+        if not (path / MANIFEST).exists():
+            if path.exists() and not path.is_dir():
+                raise CollectionError(f"{path}: exists and is not an mmrank collection; choose a new or "
+                                      "empty folder (nothing was written).")
+            path.mkdir(parents=True, exist_ok=True)
+            with WriterLock(path).hold(wait=wait, on_wait=on_wait):  # another process may be creating it
+                if not (path / MANIFEST).exists():
+                    return cls.create(path, index_factory=index_factory or "Flat", device=device)
+        collection = cls.open(path, device=device)
+        if index_factory and index_factory != collection.index_factory:
+            collection.set_index_factory(index_factory)
+        return collection
+
+    @contextmanager
+    def writing(self, *, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the collection's writer lock for the block. Without ``wait``, another process's
+        lock is a CollectionError at once; with it, ``on_wait`` (if given) is told, then the call
+        waits. Taking the lock re-reads the manifest, so what another writer did is kept."""
+        with self.lock.hold(wait=wait, on_wait=on_wait) as taken:
+            if taken:
+                self.manifest.refresh()
+            yield
 
     def close(self) -> None:
         self.store.close()
@@ -143,7 +172,8 @@ class Collection:
     # ----------------------------------------------------------------- encoders
     def bind_encoder(self, space: str, encoder: str, dim: int) -> None:
         """Record which encoder fills ``space``; refuse an encoder other than the recorded one."""
-        self.manifest.bind_encoder(space, encoder, dim)
+        with self.writing():
+            self.manifest.bind_encoder(space, encoder, dim)
 
     def check_encoder(self, space: str, encoder: str, dim: int | None = None) -> None:
         """Raise EncoderMismatchError unless ``encoder`` is the one this space was built with."""
@@ -163,21 +193,36 @@ class Collection:
 
     def touch_file(self, path: str, fingerprint: Fingerprint) -> None:
         """Record a new modification time for a file whose content did not change."""
-        self.store.touch_file(path, fingerprint)
+        with self.writing():
+            self.store.touch_file(path, fingerprint)
 
     def replace_files(self, entries: Sequence[FileEntry], vectors: VectorBatch) -> None:
         """Store files with their items and vectors in one transaction, replacing what an earlier
         version of each file produced. ``vectors`` maps a space to (item ids, matrix)."""
-        self.store.replace_files(entries, self._checked(vectors))
+        with self.writing():
+            self.store.replace_files(entries, self._checked(vectors))
 
     def add(self, items: Sequence[Item], vectors: VectorBatch) -> None:
         """Add items that come from no file (e.g. a dataset's corpus) with their vectors, atomically.
         ``vectors`` maps a space name to (item ids, matrix). Existing ids raise InputError."""
-        self.store.add(items, self._checked(vectors))
+        with self.writing():
+            self.store.add(items, self._checked(vectors))
 
     def remove(self, ids: Iterable[str]) -> int:
         """Remove items (and their vectors) by id; returns how many existed."""
-        return self.store.remove(ids)
+        with self.writing():
+            return self.store.remove(ids)
+
+    def remove_missing_files(self, under: Iterable[str | Path]) -> int:
+        """Remove the stored files that lie under ``under`` (folders, or files themselves) and no
+        longer exist, with their items; returns how many."""
+        roots = [Path(root).expanduser().resolve() for root in under]
+        gone = [path for path in self.store.file_paths()
+                if any(Path(path).is_relative_to(root) for root in roots) and not Path(path).exists()]
+        if not gone:
+            return 0
+        with self.writing():
+            return self.store.remove_files(gone)
 
     def get(self, item_id: str) -> Item:
         items = self.store.get_many([item_id])
@@ -227,13 +272,33 @@ class Collection:
 
     # ----------------------------------------------------------------- indexes
     def set_index_factory(self, factory: str) -> None:
-        """Change the FAISS index type; indexes are rebuilt from the stored vectors."""
-        self.manifest.set_index_factory(factory)
-        self.indexes.forget()
+        """Change the FAISS index type (checked first: a factory FAISS cannot build changes nothing);
+        indexes are rebuilt from the stored vectors."""
+        check_factory(factory, [space.dim for space in self.spaces.values()])
+        with self.writing():
+            self.manifest.set_index_factory(factory)
+            self.indexes.forget()
 
-    def build_indexes(self) -> None:
-        """Bring every index up to date with the database and publish them atomically."""
-        self.indexes.build()
+    def build_indexes(self, *, repair: bool = True) -> list[str]:
+        """Bring every index up to date with the database and publish them atomically; with
+        ``repair``, published indexes that are missing or fail their checksum are rebuilt too.
+        Returns the indexes (re)built."""
+        with self.writing():
+            return self.indexes.build(repair=repair)
+
+    def repair_indexes(self) -> list[str]:
+        """Rebuild from the database the published indexes that are missing or damaged (and any that
+        are stale); returns the missing or damaged ones. Nothing is done when the folder is read-only
+        or another process is writing (searches then rebuild what they need in memory)."""
+        if not os.access(self.path, os.W_OK) or not self.lock.try_hold():
+            return []
+        try:
+            with self.writing():
+                damaged = self.indexes.damaged()
+                self.indexes.build(force=bool(damaged))
+        finally:
+            self.lock.release()
+        return damaged
 
     def _checked(self, vectors: VectorBatch) -> VectorBatch:
         """The vectors as float32 matrices, each of its space's dimension and finite."""

@@ -12,6 +12,15 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DEFAULT_DPI = 144
+MIN_DPI, MAX_DPI = 18, 600
+MAX_RENDER_PIXELS = 40_000_000  # a page larger than this at the asked DPI is rendered at a lower one
+
+
+def check_dpi(dpi: int) -> int:
+    """``dpi`` after an InputError unless it lies in [MIN_DPI, MAX_DPI]."""
+    if isinstance(dpi, bool) or not isinstance(dpi, int) or not MIN_DPI <= dpi <= MAX_DPI:
+        raise InputError(f"The page resolution must be {MIN_DPI} to {MAX_DPI} dpi; got {dpi!r}.")
+    return dpi
 
 
 @dataclass(frozen=True)
@@ -71,15 +80,20 @@ def read_pdf(path: str | Path) -> PdfText:
 
 
 def render_page(path: str | Path, page: int, dpi: int = DEFAULT_DPI) -> Image.Image:
-    """Render a 1-based ``page`` of a PDF as an RGB PIL image at ``dpi`` dots per inch."""
+    """Render a 1-based ``page`` of a PDF as an RGB PIL image at ``dpi`` dots per inch (lower for a
+    page so large that it would exceed ``MAX_RENDER_PIXELS``)."""
     from PIL import Image
 
     path = Path(path)
+    check_dpi(dpi)
     document = _open_pdf(path)
     try:
         if not 1 <= page <= document.page_count:
             raise InputError(f"{path}: page {page} does not exist (the PDF has {document.page_count}).")
-        pixmap = document.load_page(page - 1).get_pixmap(dpi=dpi, alpha=False)
+        loaded = document.load_page(page - 1)
+        area = max(1.0, loaded.rect.width * loaded.rect.height) / 72 ** 2  # square inches
+        dpi = max(1, min(dpi, int((MAX_RENDER_PIXELS / area) ** 0.5)))
+        pixmap = loaded.get_pixmap(dpi=dpi, alpha=False)
         return Image.frombytes("RGB", (pixmap.width, pixmap.height), pixmap.samples)
     finally:
         document.close()

@@ -20,7 +20,13 @@ class EncoderMismatchError(CollectionError):
 
 
 class ModelUnavailableError(MMRankError):
-    """A model that cannot be loaded: not downloaded, offline, or of the wrong kind."""
+    """A model that cannot be loaded (not downloaded, offline, of the wrong kind) or that stopped
+    answering: a server that cannot be reached or answers with an error."""
+
+
+class ModelReplyError(ModelUnavailableError):
+    """A model server whose reply is not what its protocol promises (e.g. an HTML page or a chat
+    completion without choices or logprobs)."""
 
 
 class MissingDependencyError(MMRankError, ImportError):

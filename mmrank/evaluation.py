@@ -28,15 +28,16 @@ class StageReport:
 def add_dataset_items(collection: Collection, dataset: RetrievalDataset, encoder: ItemEncoder,
                       *, batch_size: int = 256, progress: bool = False) -> int:
     """Encode and store the dataset's items that the collection lacks (so an interrupted build
-    resumes); returns how many were added."""
+    resumes), holding the collection's writer lock; returns how many were added."""
     from tqdm.auto import tqdm
 
-    present = collection.get_many(item.id for item in dataset.items)
-    missing = [item for item in dataset.items if item.id not in present]
-    for start in tqdm(range(0, len(missing), batch_size), desc="Encoding corpus", disable=not progress):
-        batch = missing[start:start + batch_size]
-        collection.add(batch, encoder.encode(batch, collection))
-    collection.build_indexes()
+    with collection.writing():
+        present = collection.get_many(item.id for item in dataset.items)
+        missing = [item for item in dataset.items if item.id not in present]
+        for start in tqdm(range(0, len(missing), batch_size), desc="Encoding corpus", disable=not progress):
+            batch = missing[start:start + batch_size]
+            collection.add(batch, encoder.encode(batch, collection))
+        collection.build_indexes()
     return len(missing)
 
 

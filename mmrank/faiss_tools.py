@@ -7,6 +7,7 @@ FAISS and torch are imported inside the functions, so importing this module cost
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from mmrank.errors import InputError, MMRankError
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 BACKENDS = ("faiss-cpu", "faiss-gpu", "torch")
+_ANY_DIM = 768  # checks a factory's syntax when no dimension is known yet (divisible by common PQ sizes)
 
 
 def faiss_gpu_count() -> int:
@@ -89,6 +91,20 @@ def new_index(dim: int, factory: str) -> Any:
     except RuntimeError as exc:
         raise InputError(f"FAISS cannot build an index from the factory string {factory!r}: {exc}") from exc
     return index if has_native_ids(index) else faiss.IndexIDMap2(index)
+
+
+def check_factory(factory: str, dims: Iterable[int] = ()) -> None:
+    """InputError unless FAISS can build an index from ``factory`` for each of ``dims`` (for a
+    typo such as ``Flaat``, at any dimension when none is known yet), so a bad factory is refused
+    before it is written anywhere."""
+    if not isinstance(factory, str) or not factory.strip():
+        raise InputError(f"The index factory must be a FAISS factory string such as 'Flat'; got {factory!r}.")
+    for dim in sorted(set(dims)) or [_ANY_DIM]:
+        try:
+            new_index(dim, factory.strip())
+        except InputError as error:
+            raise InputError(f"{error} Nothing was changed; FAISS factories look like Flat, IVF1024,Flat, "
+                             "HNSW32 or IVF1024,PQ32.") from None
 
 
 def _innermost(index: Any) -> Any:

@@ -384,6 +384,24 @@ def _write_saved_index(folder: Path, cpu_index: Any, manifest: Callable[[str, st
             stale.unlink(missing_ok=True)
 
 
+def verify_saved_index(folder: str | Path) -> None:
+    """Check a folder written by :meth:`VectorIndex.save` without loading it: a valid manifest, and
+    the FAISS file it names present with its recorded checksum. CollectionError says what is wrong."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST_NAME
+    manifest = _read_manifest(folder, manifest_path)
+    _checked_index_file(folder, manifest, manifest_path)
+
+
+def _checked_index_file(folder: Path, manifest: dict[str, Any], manifest_path: Path) -> Path:
+    index_path = folder / manifest["index_file"]
+    if not index_path.is_file():
+        raise CollectionError(f"The saved index {folder} is incomplete: {index_path} is missing.")
+    if sha256_file(index_path) != manifest["sha256"]:
+        raise CollectionError(f"{index_path} is corrupted or truncated: its checksum does not match {manifest_path}.")
+    return index_path
+
+
 def _read_saved_index(folder: Path) -> tuple[Any, dict[str, Any]]:
     """The CPU FAISS index and the manifest of a folder written by :meth:`VectorIndex.save`, checked
     against each other."""
@@ -391,11 +409,7 @@ def _read_saved_index(folder: Path) -> tuple[Any, dict[str, Any]]:
 
     manifest_path = folder / MANIFEST_NAME
     manifest = _read_manifest(folder, manifest_path)
-    index_path = folder / manifest["index_file"]
-    if not index_path.is_file():
-        raise CollectionError(f"The saved index {folder} is incomplete: {index_path} is missing.")
-    if sha256_file(index_path) != manifest["sha256"]:
-        raise CollectionError(f"{index_path} is corrupted or truncated: its checksum does not match {manifest_path}.")
+    index_path = _checked_index_file(folder, manifest, manifest_path)
     try:
         cpu_index = faiss.read_index(str(index_path))
     except RuntimeError as exc:

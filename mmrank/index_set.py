@@ -8,15 +8,17 @@ place when the collection's folder is writable, else in memory for this process.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from mmrank.errors import CollectionError, EncoderMismatchError, InputError
+from mmrank.locking import WriterLock
 
 if TYPE_CHECKING:
     from mmrank.index import VectorIndex
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from mmrank.lexical import BM25Index
     from mmrank.manifest import Manifest
 
+logger = logging.getLogger("mmrank")
 Hits = list[tuple[str, float]]
 QueryT = TypeVar("QueryT")
 BM25 = "bm25"
@@ -55,10 +58,13 @@ def _check_k(k: int) -> None:
 
 class IndexSet:
     """The FAISS and BM25 indexes of the collection in ``folder``, over ``store``'s contents, as
-    ``manifest`` publishes them; FAISS indexes run on ``device``."""
+    ``manifest`` publishes them; FAISS indexes run on ``device``. ``lock`` is the collection's
+    writer lock: an index rebuilt while another process holds it stays in memory."""
 
-    def __init__(self, folder: Path, store: ItemStore, manifest: Manifest, device: str = "auto") -> None:
+    def __init__(self, folder: Path, store: ItemStore, manifest: Manifest, device: str = "auto",
+                 lock: WriterLock | None = None) -> None:
         self.folder, self.store, self.manifest, self.device = folder, store, manifest, device
+        self.lock = lock or WriterLock(folder)
         self._vectors: dict[str, VectorIndex] = {}
         self._bm25: BM25Index | None = None
         self._revision: int | None = None  # the store revision the loaded indexes belong to
@@ -101,45 +107,72 @@ class IndexSet:
 
     # ----------------------------------------------------------------- loading
     def vector_index(self, space: str) -> VectorIndex:
-        """The FAISS index of ``space``: the published one when current, else built now."""
+        """The FAISS index of ``space``: the published one when it is current and sound, else one
+        rebuilt from the database (published when this process may write, else kept in memory)."""
+        from mmrank.index import VectorIndex
+
         self.manifest.space(space)  # CollectionError for a space the collection lacks
         self._forget_if_stale()
         if space not in self._vectors:
-            from mmrank.index import VectorIndex
+            def load(folder: Path) -> VectorIndex:
+                return VectorIndex.load(folder, device=self.device)
 
-            published = self._published(space)
-            if published is not None:
-                self._vectors[space] = VectorIndex.load(published, device=self.device)
-            elif self._writable:
-                self.build()
-            else:
-                self._vectors[space] = self._build_vector_index(space)
+            loaded = self._load_published(space, load)
+            if loaded is None and self._publish_rebuilt():
+                loaded = self._vectors.get(space) or self._load_published(space, load)
+            self._vectors[space] = loaded or self._build_vector_index(space)
         return self._vectors[space]
 
     def bm25_index(self) -> BM25Index:
-        """The BM25 index over item texts: the published one when current, else built now."""
-        self._forget_if_stale()
-        if self._bm25 is None:
-            from mmrank.lexical import BM25Index
+        """The BM25 index over item texts, found as :meth:`vector_index` finds a vector index."""
+        from mmrank.lexical import BM25Index
 
-            published = self._published(BM25)
-            if published is not None:
-                self._bm25 = BM25Index.load(published)
-            elif self._writable:
-                self.build()
-            elif self.store.has_text:
-                self._bm25 = BM25Index.build(*self.store.texts())
+        self._forget_if_stale()
+        if self._bm25 is None and self.store.has_text:
+            loaded = self._load_published(BM25, BM25Index.load)
+            if loaded is None and self._publish_rebuilt():
+                loaded = self._bm25 or self._load_published(BM25, BM25Index.load)
+            self._bm25 = loaded or BM25Index.build(*self.store.texts())
         if self._bm25 is None:
             raise CollectionError(f"{self.folder}: no item has text, so there is nothing for BM25 to search.")
         return self._bm25
 
+    def _load_published(self, name: str, load: Callable[[Path], Any]) -> Any:
+        """The published index ``name`` when current and sound (re-reading the manifest first when it
+        looks stale: another process may have published since), else None."""
+        if self._published(name) is None:
+            self.manifest.refresh()
+        folder = self._published(name)
+        if folder is None:
+            return None
+        try:
+            return load(folder)
+        except CollectionError as error:  # damaged: rebuilt from the database
+            logger.warning("%s; rebuilding it from the database", error)
+            return None
+
+    def _publish_rebuilt(self) -> bool:
+        """Rebuild and publish every index, when the folder is writable and no other process is
+        writing; False (nothing done) otherwise."""
+        if not self._writable or not self.lock.try_hold():
+            return False
+        try:
+            self.manifest.refresh()
+            self.build(repair=True)
+        finally:
+            self.lock.release()
+        return True
+
     # ----------------------------------------------------------------- building
-    def build(self) -> None:
-        """Bring every index up to date with the database and publish them atomically."""
+    def build(self, *, repair: bool = False, force: bool = False) -> list[str]:
+        """Bring every index up to date with the database and publish them atomically; with
+        ``repair``, also when a published index is missing or fails its checks (:meth:`damaged`);
+        with ``force``, in any case. Returns what was (re)built. The caller holds the writer lock."""
         revision = self.store.revision
         wanted = [*self.manifest.spaces, *([BM25] if self.store.has_text else [])]
-        if self.manifest.index_revision == revision and all(self._published(name) for name in wanted):
-            return
+        current = self.manifest.index_revision == revision and all(self._published(name) for name in wanted)
+        if current and not force and not (repair and self.damaged()):
+            return []
         (self.folder / "index").mkdir(exist_ok=True)
         self._vectors, self._bm25, self._revision = {}, None, revision
         files: dict[str, str] = {}
@@ -154,14 +187,34 @@ class IndexSet:
             self._bm25 = BM25Index.build(*self.store.texts())
             files[BM25] = f"bm25.r{revision}"
             self._bm25.save(self.folder / files[BM25])
-        previous = self.manifest.index_files
         self.manifest.publish(files, revision, self.store.counts())
-        for relative in set(previous.values()) - set(files.values()):
-            shutil.rmtree(self.folder / relative, ignore_errors=True)
+        self._sweep(set(files.values()))
+        return list(files)
 
     def forget(self) -> None:
         """Drop the loaded indexes (e.g. after the index type changed)."""
         self._vectors, self._bm25 = {}, None
+
+    def damaged(self) -> list[str]:
+        """The published indexes whose folder is missing or fails its own checks (files, checksum)."""
+        from mmrank.index import verify_saved_index
+        from mmrank.lexical import verify_saved_bm25
+
+        broken = []
+        for name, relative in self.manifest.index_files.items():
+            try:
+                (verify_saved_bm25 if name == BM25 else verify_saved_index)(self.folder / relative)
+            except CollectionError as error:
+                logger.warning("%s; rebuilding it from the database", error)
+                broken.append(name)
+        return broken
+
+    def _sweep(self, published: set[str]) -> None:
+        """Delete index folders no manifest points to (earlier revisions, interrupted builds)."""
+        candidates = [*(self.folder / "index").glob("*.r*"), *self.folder.glob("bm25.r*")]
+        for folder in candidates:
+            if folder.is_dir() and folder.relative_to(self.folder).as_posix() not in published:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _build_vector_index(self, space: str) -> VectorIndex:
         from mmrank.index import VectorIndex

@@ -41,12 +41,24 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Skipped]]:
     for path in require_existing(paths):
         candidates = [path] if path.is_file() else sorted(_walk(path))
         for candidate in candidates:
-            if candidate.suffix.lower() in SUPPORTED_SUFFIXES:
+            if printable(str(candidate)) != str(candidate):
+                skipped.append(Skipped(printable(str(candidate)),
+                                       "its name is not valid UTF-8, which a collection cannot store; rename it"))
+            elif candidate.suffix.lower() in SUPPORTED_SUFFIXES:
                 found[candidate.resolve()] = None
             else:
                 kind = f"'{candidate.suffix}'" if candidate.suffix else "without an extension"
                 skipped.append(Skipped(str(candidate), f"unsupported file type {kind}"))
     return list(found), skipped
+
+
+def printable(text: str) -> str:
+    """``text`` with the bytes of a file name that is not valid UTF-8 (which Python keeps as lone
+    surrogates) written as backslash escapes (``caf\\xe9.pdf``), so it can be printed and stored."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name byte stands for
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def require_existing(paths: Iterable[str | Path]) -> list[Path]:
@@ -91,13 +103,21 @@ def read_items(path: Path) -> tuple[list[Item], str | None]:
 
 
 def check_image(path: Path) -> None:
-    """Decode the whole image once so corrupt or truncated files are caught at indexing time."""
+    """Decode the whole image once so corrupt or truncated files are caught at indexing time; an
+    image larger than Pillow's ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb) is refused from
+    its header, before anything is decoded."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes).")
     try:
-        with Image.open(path) as image:
-            image.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise InputError(f"{path}: too large to index, not decoded ({error})") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise InputError(f"{path}: not a readable image ({error}).") from error

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mmrank.errors import InputError, listing
+from mmrank.errors import CollectionError, InputError, listing
 from mmrank.types import Item
 
 if TYPE_CHECKING:
@@ -68,8 +68,16 @@ class ItemStore:
     def __init__(self, path: Path, name: str | Path | None = None) -> None:
         self.path = path
         self.name = str(name or path)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA foreign_keys = ON")
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
+        try:
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self.revision  # noqa: B018 (reads the database once: a damaged file fails here, clearly)
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise CollectionError(
+                f"{self.name}: its database {path.name} is damaged or not an SQLite file ({error}). The "
+                "items cannot be read: build the collection again from its files into a new folder "
+                "(mmrank index FILES --out NEW_FOLDER).") from error
 
     @classmethod
     def create(cls, path: Path, name: str | Path | None = None) -> ItemStore:
@@ -163,6 +171,20 @@ class ItemStore:
         with self.transaction(bump=False):
             removed = sum(self._db.execute(f"DELETE FROM items WHERE id IN ({_marks(chunk)})", chunk).rowcount
                           for chunk in _chunks(list(ids)))
+            if removed:
+                self._bump()
+        return removed
+
+    def file_paths(self) -> list[str]:
+        """The paths of every stored file."""
+        return [row[0] for row in self._db.execute("SELECT path FROM files ORDER BY path")]
+
+    def remove_files(self, paths: Iterable[str]) -> int:
+        """Remove files with their items and vectors; returns how many were stored (the revision is
+        bumped only when some were)."""
+        with self.transaction(bump=False):
+            removed = sum(self._db.execute(f"DELETE FROM files WHERE path IN ({_marks(chunk)})", chunk).rowcount
+                          for chunk in _chunks(list(paths)))
             if removed:
                 self._bump()
         return removed

@@ -16,6 +16,21 @@ from mmrank.errors import CollectionError
 
 _IDS_FILE = "ids.json"
 _NO_TERMS_FILE = "no-terms"  # marks an index over texts without a single searchable word
+_BM25S_FILES = ("params.index.json", "vocab.index.json", "data.csc.index.npy", "indices.csc.index.npy",
+                "indptr.csc.index.npy")
+
+
+def verify_saved_bm25(folder: str | Path) -> None:
+    """Check a folder written by :meth:`BM25Index.save` without loading it: its id list reads, and
+    bm25s's files are all there. CollectionError says what is wrong."""
+    folder = Path(folder)
+    try:
+        ids = json.loads((folder / _IDS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CollectionError(f"{folder}: BM25 index missing or damaged ({error}).") from error
+    missing = [] if (folder / _NO_TERMS_FILE).is_file() else [n for n in _BM25S_FILES if not (folder / n).is_file()]
+    if not isinstance(ids, list) or missing:
+        raise CollectionError(f"{folder}: BM25 index damaged ({'missing ' + ', '.join(missing) if missing else 'bad id list'}).")
 
 
 def _bm25s():

@@ -51,22 +51,12 @@ class Manifest:
     @classmethod
     def read(cls, folder: Path) -> Manifest:
         """The manifest in ``folder``; CollectionError when it is corrupted or of another version."""
-        path = folder / MANIFEST
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CollectionError(f"{path}: corrupted manifest, not valid JSON ({error}).") from error
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise CollectionError(f"{path}: not an mmrank collection manifest.")
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise CollectionError(
-                f"{path}: collection format version {version!r} is not supported by this mmrank "
-                f"(it reads version {FORMAT_VERSION}).")
-        for key in ("spaces", "index", "counts", "created"):
-            if key not in data:
-                raise CollectionError(f"{path}: corrupted manifest, '{key}' is missing.")
-        return cls(folder, data)
+        return cls(folder, _read(folder))
+
+    def refresh(self) -> None:
+        """Read the manifest again from disk: another process may have bound a space or published
+        indexes since (writers call this when they take the writer lock)."""
+        self.data = _read(self.folder)
 
     def write(self) -> None:
         self.data["updated"] = _now()
@@ -78,7 +68,10 @@ class Manifest:
         return {name: Space(name, s["encoder"], s["dim"]) for name, s in self.data["spaces"].items()}
 
     def space(self, name: str) -> Space:
-        """The space ``name``; CollectionError when the collection has none."""
+        """The space ``name``; CollectionError when the collection has none (after re-reading the
+        manifest, in case another process has just bound it)."""
+        if name not in self.data["spaces"]:
+            self.refresh()
         known = self.data["spaces"].get(name)
         if known is None:
             raise CollectionError(f"{self.folder}: the collection has no {name} vectors.")
@@ -127,6 +120,27 @@ class Manifest:
         self.data["index"].update(files=files, revision=revision)
         self.data["counts"] = counts
         self.write()
+
+
+def _read(folder: Path) -> dict[str, Any]:
+    """The manifest data in ``folder``, checked: CollectionError when it is corrupted or of another
+    version."""
+    path = folder / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CollectionError(f"{path}: corrupted manifest, not valid JSON ({error}).") from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CollectionError(f"{path}: not an mmrank collection manifest.")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CollectionError(
+            f"{path}: collection format version {version!r} is not supported by this mmrank "
+            f"(it reads version {FORMAT_VERSION}).")
+    for key in ("spaces", "index", "counts", "created"):
+        if key not in data:
+            raise CollectionError(f"{path}: corrupted manifest, '{key}' is missing.")
+    return data
 
 
 def _now() -> str:

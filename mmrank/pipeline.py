@@ -34,23 +34,40 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], collection: Collection, source: str = "config", *,
-                    mllm: str | None = None, mllm_url: str | None = None) -> Pipeline:
+                    mllm: str | None = None, mllm_url: str | None = None,
+                    trust_remote_code: bool = False) -> Pipeline:
         """Build from a mapping with ``retriever`` options and a ``rerankers`` list of ``{type, ...}``;
-        ``mllm`` / ``mllm_url`` replace the model / server of every MLLM reranker."""
+        ``mllm`` / ``mllm_url`` replace the model / server of every MLLM reranker.
+
+        A config is untrusted input: it cannot turn on ``trust_remote_code`` (running Python code
+        shipped with a model). Only this argument (``--trust-remote-code`` on the command line)
+        does, for every MLLM reranker that loads its model locally.
+        """
         if not isinstance(config, Mapping):
             raise InputError(f"{source}: a pipeline must be a mapping with 'retriever' and 'rerankers'.")
         unknown = set(config) - set(_KEYS)
         if unknown:
             raise InputError(f"{source}: unknown pipeline keys {sorted(unknown)}; allowed: {sorted(_KEYS)}.")
+        if not trust_remote_code and _mentions(config, "trust_remote_code"):
+            raise InputError(
+                f"{source}: sets trust_remote_code, which runs Python code shipped with a model; a pipeline "
+                "file cannot turn that on. If you trust the model, leave it out of the file and pass "
+                "--trust-remote-code (mmrank search / eval) or trust_remote_code=True (Pipeline.from_yaml).")
         retriever_options = config.get("retriever") or {}
+        stages = config.get("rerankers") or []
+        if not isinstance(retriever_options, Mapping):
+            raise InputError(f"{source}: 'retriever' must be a mapping of options, e.g. {{paths: [text, bm25]}}.")
+        if not isinstance(stages, list):
+            raise InputError(f"{source}: 'rerankers' must be a list of stages, e.g. [{{type: pointwise}}]; "
+                             f"got {stages!r}.")
         allowed = {f.name for f in dataclasses.fields(HybridRetriever) if f.init}
         bad = set(retriever_options) - allowed
         if bad:
             raise InputError(f"{source}: unknown retriever options {sorted(bad)}; allowed: {sorted(allowed)}.")
         try:
             retriever = HybridRetriever(**retriever_options)
-            rerankers = [create_reranker(options, mllm=mllm, mllm_url=mllm_url)
-                         for options in config.get("rerankers") or []]
+            rerankers = [create_reranker(options, mllm=mllm, mllm_url=mllm_url, trust_remote_code=trust_remote_code)
+                         for options in stages]
         except InputError as error:
             raise InputError(f"{source}: {error}") from error
         return cls(collection, retriever, rerankers, name=str(config.get("name", Path(source).stem)),
@@ -58,12 +75,14 @@ class Pipeline:
 
     @classmethod
     def from_yaml(cls, path: str | Path, collection: Collection, *, overrides: Mapping[str, Any] | None = None,
-                  mllm: str | None = None, mllm_url: str | None = None) -> Pipeline:
+                  mllm: str | None = None, mllm_url: str | None = None,
+                  trust_remote_code: bool = False) -> Pipeline:
         """Load a pipeline file; a bare name such as ``docqa-text`` means a bundled pipeline.
 
         ``overrides`` change options before the pipeline is built, by dotted keys:
         ``{"retriever.depth": 50, "pointwise.depth": 10}`` (a stage by its name or its position, see
-        :func:`mmrank.config.apply_overrides`). ``mllm`` / ``mllm_url`` as in :meth:`from_config`.
+        :func:`mmrank.config.apply_overrides`). ``mllm``, ``mllm_url`` and ``trust_remote_code`` as
+        in :meth:`from_config`.
         """
         resolved = resolve_pipeline_path(path)
         config = read_yaml(resolved) or {}
@@ -71,7 +90,8 @@ class Pipeline:
             if not isinstance(config, Mapping):
                 raise InputError(f"{resolved}: a pipeline must be a mapping with 'retriever' and 'rerankers'.")
             config = apply_overrides(config, overrides, source=str(resolved))
-        return cls.from_config(config, collection, source=str(resolved), mllm=mllm, mllm_url=mllm_url)
+        return cls.from_config(config, collection, source=str(resolved), mllm=mllm, mllm_url=mllm_url,
+                               trust_remote_code=trust_remote_code)
 
     def to_config(self) -> dict[str, Any]:
         """The config that builds this pipeline again (:meth:`from_config`): every option of the
@@ -114,6 +134,15 @@ def rerank_all(reranker: Reranker, queries: Sequence[Query], rankings: Sequence[
     reranked = reranker.rerank_batch(queries, rankings, collection)
     seconds = (time.perf_counter() - start) / max(1, len(rankings))
     return [ranking.with_timing(reranker.name, seconds) for ranking in reranked]
+
+
+def _mentions(value: Any, key: str) -> bool:
+    """Whether ``key`` is a key anywhere in a nested config."""
+    if isinstance(value, Mapping):
+        return key in value or any(_mentions(inner, key) for inner in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_mentions(inner, key) for inner in value)
+    return False
 
 
 def resolve_pipeline_path(path: str | Path) -> Path:

@@ -7,7 +7,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
 
 from mmrank.errors import InputError, listing
@@ -106,6 +106,42 @@ def read_json(path: Path, layout: str = "") -> Any:
         raise InputError(f"{path}: not valid UTF-8 ({error.reason}).") from None
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}).") from None
+
+
+def inside(root: Path, relative: str, *, source: str) -> Path:
+    """The file that ``relative``, a path read from a data file, names inside the folder ``root``
+    it is relative to: ``root`` joined with the normalised path, so the file checked is the file
+    read. ``source`` names where the path was read (the file, and its row, line or entry).
+
+    The path is judged lexically, as :func:`os.path.normpath` reads it, and symlinks are not
+    resolved: a symlinked image folder inside ``root`` may point anywhere. An InputError naming
+    ``source`` and the path is raised for a path that is empty, holds a NUL character, is absolute,
+    starts with a drive (``C:``, ``\\\\server\\share``: refused on every platform), names ``root``
+    itself, or climbs out of ``root`` with ``..`` parts. A backslash is a separator on Windows
+    only: on POSIX ``..\\x.png`` is a file name inside ``root``.
+    """
+    reason = _not_inside(relative)
+    if reason:
+        raise InputError(f"{source}: the path {relative!r} {reason}; a path read from a data file "
+                         f"must lie inside the dataset folder {root}.")
+    return root / os.path.normpath(relative)
+
+
+def _not_inside(relative: str) -> str | None:
+    """Why ``relative`` does not name a file inside the folder it is relative to, or None."""
+    if not relative.strip():
+        return "is empty"
+    if "\0" in relative:
+        return "holds a NUL character"
+    anchor = PurePath(relative).anchor or PureWindowsPath(relative).drive
+    if anchor:
+        return f"is not relative (it starts with {anchor!r})"
+    normal = os.path.normpath(relative)
+    if normal == os.curdir:
+        return "names the folder itself, not a file in it"
+    if normal == os.pardir or normal.startswith(os.pardir + os.sep):
+        return "climbs out of the folder with '..'"
+    return None
 
 
 def missing_files(paths: Iterable[Path]) -> list[Path]:

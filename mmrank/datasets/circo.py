@@ -21,7 +21,15 @@ from numbers import Integral
 from pathlib import Path
 from typing import Any
 
-from mmrank.datasets.base import Qrels, RetrievalDataset, SubmissionWriter, check_files, read_json, submission_path
+from mmrank.datasets.base import (
+    Qrels,
+    RetrievalDataset,
+    SubmissionWriter,
+    check_files,
+    inside,
+    read_json,
+    submission_path,
+)
 from mmrank.errors import InputError
 from mmrank.files import write_json_atomic
 from mmrank.types import Item, Query
@@ -37,15 +45,15 @@ LAYOUT = (f"<root>/annotations/<split>.json, <root>/{IMAGE_INFO.as_posix()} and 
 
 def load_circo(root: str | Path, split: str = "val") -> RetrievalDataset:
     """Load one CIRCO split (``val`` or ``test``) from ``root`` (the folder holding
-    ``annotations/`` and ``COCO2017_unlabeled/``)."""
+    ``annotations/`` and ``COCO2017_unlabeled/``). A ``file_name`` of the image info that does not
+    lie inside the image folder is an InputError naming the image."""
     if split not in SPLITS:
         raise InputError(f"Unknown CIRCO split {split!r}: expected one of {', '.join(SPLITS)}.")
     root = Path(root).expanduser().absolute()
     if not root.is_dir():
         raise InputError(f"CIRCO folder not found: {root}. Expected {LAYOUT}.")
     info_path = root / IMAGE_INFO
-    files = _read_image_info(info_path)
-    paths = {image_id: root / IMAGE_FOLDER / name for image_id, name in files.items()}
+    paths = _read_image_info(info_path, root / IMAGE_FOLDER)
     annotations = root / "annotations" / f"{split}.json"
     entries = read_json(annotations, LAYOUT)
     if not isinstance(entries, list) or not entries:
@@ -88,13 +96,14 @@ def write_circo_submission(rankings: Mapping[str, list[str]], query_ids: Sequenc
     return path
 
 
-def _read_image_info(path: Path) -> dict[str, str]:
-    """COCO image id (as a string) -> file name, in the file's order."""
+def _read_image_info(path: Path, folder: Path) -> dict[str, Path]:
+    """COCO image id (as a string) -> its file in ``folder``, in the file's order; a file name
+    that does not lie inside ``folder`` is an InputError naming the image."""
     raw = read_json(path, LAYOUT)
     images = raw.get("images") if isinstance(raw, dict) else None
     if not isinstance(images, list) or not images:
         raise InputError(f"{path}: expected {{\"images\": [{{\"id\", \"file_name\"}}, ...]}} with at least one image.")
-    files: dict[str, str] = {}
+    files: dict[str, Path] = {}
     for index, image in enumerate(images):
         if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
             raise InputError(f"{path}: images[{index}] must be an object with 'id' and 'file_name', got {image!r}.")
@@ -103,7 +112,7 @@ def _read_image_info(path: Path) -> dict[str, str]:
             raise InputError(f"{path}: images[{index}] needs an integer 'id' and a 'file_name', got {image!r}.")
         if str(image_id) in files:
             raise InputError(f"{path}: images[{index}] repeats image id {image_id}.")
-        files[str(image_id)] = name
+        files[str(image_id)] = inside(folder, name, source=f"{path}: images[{index}] (id {image_id}) file_name")
     return files
 
 

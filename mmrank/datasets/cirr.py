@@ -28,6 +28,7 @@ from mmrank.datasets.base import (
     RetrievalDataset,
     SubmissionWriter,
     check_files,
+    inside,
     read_json,
     submission_path,
 )
@@ -55,7 +56,8 @@ class _Pair:
 
 def load_cirr(root: str | Path, split: str = "val") -> RetrievalDataset:
     """Load one CIRR split (``val``, ``test1`` or ``train``) from ``root`` (the folder holding
-    ``dev/``, ``test1/`` and ``cirr/``)."""
+    ``dev/``, ``test1/`` and ``cirr/``). An image path in the split file that does not lie inside
+    ``root`` (an absolute one, or one climbing out with ``..``) is an InputError naming the image."""
     if split not in SPLITS:
         raise InputError(f"Unknown CIRR split {split!r}: expected one of {', '.join(SPLITS)}.")
     root = Path(root).expanduser().absolute()
@@ -136,7 +138,8 @@ def _annotation_folder(root: Path) -> Path:
 
 
 def _read_split(path: Path, root: Path) -> dict[str, Path]:
-    """Image name -> its file under ``root`` (``./dev/x.png`` and ``dev/x.png`` alike)."""
+    """Image name -> its file under ``root`` (``./dev/x.png`` and ``dev/x.png`` alike); a path
+    that does not lie inside ``root`` is an InputError naming the image."""
     raw = read_json(path, LAYOUT)
     if not isinstance(raw, dict) or not raw:
         raise InputError(f"{path}: expected a non-empty JSON object of image name -> relative path "
@@ -145,7 +148,7 @@ def _read_split(path: Path, root: Path) -> dict[str, Path]:
     for name, relative in raw.items():
         if not isinstance(relative, str) or not relative.strip():
             raise InputError(f"{path}: image {name!r} has no path (got {relative!r}).")
-        images[name] = root / Path(relative.strip())  # an absolute path stays as it is
+        images[name] = inside(root, relative.strip(), source=f"{path}: image {name!r}")
     return images
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmrank.datasets.base import Qrels, RetrievalDataset, check_files, read_json
+from mmrank.datasets.base import Qrels, RetrievalDataset, check_files, inside, read_json
 from mmrank.errors import InputError
 from mmrank.types import Item, Query
 
@@ -35,7 +35,8 @@ def load_fashioniq(root: str | Path, split: str = "val", categories: Sequence[st
                    image_ext: str = ".png") -> RetrievalDataset:
     """Load one FashionIQ split (``val``, ``test`` or ``train``) of the given ``categories``
     (a list, or a comma-separated string such as ``"dress,toptee"``) from ``root``; images are
-    ``<root>/images/<ASIN><image_ext>``."""
+    ``<root>/images/<ASIN><image_ext>``, and an ASIN that would name a file outside
+    ``<root>/images`` is an InputError naming the split or captions file."""
     if split not in SPLITS:
         raise InputError(f"Unknown FashionIQ split {split!r}: expected one of {', '.join(SPLITS)}.")
     chosen = _categories(categories)
@@ -49,14 +50,17 @@ def load_fashioniq(root: str | Path, split: str = "val", categories: Sequence[st
     qrels: Qrels = {}
     for category in chosen:
         split_path = root / "image_splits" / f"split.{category}.{split}.json"
-        gallery = {asin: images / f"{asin}{extension}" for asin in _read_split(split_path)}
+        gallery = {asin: inside(images, f"{asin}{extension}", source=f"{split_path}: image {asin!r}")
+                   for asin in _read_split(split_path)}
         _check_images(list(gallery.values()), split_path, extension)
         for asin, path in gallery.items():
             items.setdefault(asin, Item(id=asin, kind="image", source=str(path), metadata={"category": category}))
         captions_path = root / "captions" / f"cap.{category}.{split}.json"
         candidates = frozenset(gallery)
         entries = _read_captions(captions_path, split_path.name, candidates, needs_target=split != "test")
-        references = [images / f"{entry['candidate']}{extension}" for entry in entries]
+        references = [inside(images, f"{entry['candidate']}{extension}",
+                             source=f"{captions_path}: entry {index} candidate")
+                      for index, entry in enumerate(entries)]
         check_files(sorted(set(references) - set(gallery.values())), captions_path, "candidate images")
         for index, (entry, reference) in enumerate(zip(entries, references)):
             query_id = f"{category}-{index}"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mmrank.datasets._parquet import PageImages, iter_rows, row_count
-from mmrank.datasets.base import Qrels, RetrievalDataset
+from mmrank.datasets.base import Qrels, RetrievalDataset, inside
 from mmrank.datasets._lines import json_objects
 from mmrank.errors import InputError
 from mmrank.types import Item, Query
@@ -66,7 +66,9 @@ def load_mmdocir(
 
     Page text is the OCR text, or the VLM description with ``text="vlm"``. A page image is read
     from ``<root>/<image_path>`` when that file exists, else its ``image_binary`` is written once
-    into ``image_cache`` (see :class:`~mmrank.datasets._parquet.PageImages`).
+    into ``image_cache`` (see :class:`~mmrank.datasets._parquet.PageImages`). An ``image_path``
+    that does not lie inside ``root`` is an InputError naming the row (see
+    :func:`~mmrank.datasets.base.inside`).
     """
     root = Path(root).expanduser().absolute()  # item sources stay valid from any cwd
     _check_options(split, text)
@@ -240,10 +242,13 @@ def _page_item(
 def _page_image(
     record: dict[str, Any], item_id: str, row: int, pages: Path, images: PageImages
 ) -> str:
-    """``<root>/<image_path>`` when that file exists, else the cached ``image_binary``."""
+    """``<root>/<image_path>`` when that file exists, else the cached ``image_binary``; an
+    ``image_path`` that leaves ``<root>`` is an InputError even when the row has image bytes."""
     image_path = record["image_path"]
-    if isinstance(image_path, str) and image_path and (pages.parent / image_path).is_file():
-        return str(pages.parent / image_path)
+    if isinstance(image_path, str) and image_path.strip():
+        file = inside(pages.parent, image_path, source=f"{pages} row {row} ({item_id}) image_path")
+        if file.is_file():
+            return str(file)
     data = record["image_binary"]
     if isinstance(data, bytes) and data:
         return str(images.store(data, item_id))

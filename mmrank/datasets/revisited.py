@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmrank.datasets.base import Judgements, RetrievalDataset
+from mmrank.datasets.base import Judgements, RetrievalDataset, inside
 from mmrank.errors import InputError, listing
 from mmrank.files import write_json_atomic
 from mmrank.types import Item, Query
@@ -38,7 +38,9 @@ _INDEX_KEYS = ("easy", "hard", "junk")
 
 # What a ground-truth pickle may reference: numpy array reconstruction (under numpy 1 and numpy 2
 # module names, protocols 0 to 5), plus the two builtins Python 3 uses to pickle raw bytes at
-# protocols 0 to 2. Nothing else is ever imported.
+# protocols 0 to 2. Nothing else is ever imported. Those two are never handed out themselves:
+# the unpickler gives stand-ins that accept only the calls the pickler writes,
+# ``_codecs.encode(text, "latin1")`` and ``bytes()``.
 _ALLOWED_GLOBALS = frozenset({
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
@@ -48,6 +50,7 @@ _ALLOWED_GLOBALS = frozenset({
     ("_codecs", "encode"),
     ("builtins", "bytes"),
 })
+_LATIN1 = frozenset({"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "l1"})
 
 
 @dataclass(frozen=True)
@@ -101,12 +104,12 @@ def load_revisited(
     truth_path = Path(ground_truth) if ground_truth is not None else _ground_truth_path(folder, name)
     truth = read_ground_truth(truth_path)
     images = _image_folder(folder, name)
-    _check_images(images, truth, truth_path)
-    items = [Item(id=image, kind="image", source=str(images / f"{image}.jpg")) for image in truth.imlist]
+    files = _image_files(images, truth, truth_path)
+    items = [Item(id=image, kind="image", source=str(files[image])) for image in truth.imlist]
     if distractors is not None:
         items += _distractor_items(Path(distractors), taken=set(truth.imlist))
     queries = [
-        _query(images / f"{query_name}.jpg", query_name, query, truth_path, index)
+        _query(files[query_name], query_name, query, truth_path, index)
         for index, (query_name, query) in enumerate(zip(truth.qimlist, truth.gnd))
     ]
     protocols = {key: _judgements(truth, key) for key in PROTOCOLS}
@@ -179,7 +182,39 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 "file holds only lists, strings, numbers and numpy arrays. The file may have been "
                 "tampered with; get it again from the benchmark authors."
             )
+        if (canonical, name) == ("_codecs", "encode"):
+            return self._latin1_bytes
+        if (canonical, name) == ("builtins", "bytes"):
+            return self._empty_bytes
         return getattr(_import_allowed(canonical), name)
+
+    def _latin1_bytes(self, *args: Any) -> bytes:
+        """``_codecs.encode(text, "latin1")``, as Python 3 pickles non-empty bytes below protocol
+        3; any other call (another codec, arguments of another type) is an InputError naming the
+        file, and no codec is ever looked up."""
+        if len(args) == 2 and all(isinstance(arg, str) for arg in args) and args[1].lower() in _LATIN1:
+            try:
+                return args[0].encode("latin1")
+            except UnicodeEncodeError:
+                pass
+        raise self._invalid("_codecs.encode", args, "text and the codec 'latin1'")
+
+    def _empty_bytes(self, *args: Any) -> bytes:
+        """``bytes()``, as Python 3 pickles empty bytes below protocol 3; a call with arguments
+        (``bytes(2**40)`` would allocate a terabyte) is an InputError naming the file."""
+        if args:
+            raise self._invalid("bytes", args, "no arguments")
+        return b""
+
+    def _invalid(self, function: str, args: tuple[Any, ...], expected: str) -> InputError:
+        shown = ", ".join(_excerpt(arg) for arg in args)
+        return InputError(f"{self._path}: not a valid ground-truth file: it calls {function}({shown}), "
+                          f"but a ground-truth pickle only calls it with {expected}.")
+
+
+def _excerpt(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _canonical_module(module: str) -> str:
@@ -335,12 +370,20 @@ def _image_folder(folder: Path, name: str) -> Path:
     return images
 
 
-def _check_images(images: Path, truth: GroundTruth, truth_path: Path) -> None:
+def _image_files(images: Path, truth: GroundTruth, truth_path: Path) -> dict[str, Path]:
+    """Image name -> ``<images>/<name>.jpg``, for the database and query images. A name that
+    would leave ``images`` is an InputError naming its entry, raised before any file is looked
+    at; missing files are an InputError that counts them and names the first few."""
+    files: dict[str, Path] = {}
+    for key, names in (("imlist", truth.imlist), ("qimlist", truth.qimlist)):
+        for index, name in enumerate(names):
+            files[name] = inside(images, f"{name}.jpg", source=f"{truth_path}: {key}[{index}]")
     names = [*truth.imlist, *truth.qimlist]
-    missing = [f"{name}.jpg" for name in names if not (images / f"{name}.jpg").is_file()]
+    missing = [f"{name}.jpg" for name in names if not files[name].is_file()]
     if missing:
         raise InputError(f"{images}: {len(missing)} of the {len(names)} images listed in "
                          f"{truth_path.name} are missing: {listing(missing, quote=False)}.")
+    return files
 
 
 def _distractor_items(folder: Path, taken: set[str]) -> list[Item]:

@@ -25,7 +25,7 @@ from mmrank.datasets._parquet import (
     row_count,
     split_files,
 )
-from mmrank.datasets.base import Qrels, RetrievalDataset
+from mmrank.datasets.base import Qrels, RetrievalDataset, inside
 from mmrank.errors import InputError, listing
 from mmrank.types import Item, Query
 
@@ -315,12 +315,16 @@ def _score(value: Any, path: Path, row: int) -> int:
 
 def _image_source(value: Any, name: str, root: Path, path: Path, row: int,
                   images: PageImages) -> str:
-    """The page image file: its bytes written to the cache, or its ``path`` under ``root``."""
+    """The page image file: its bytes written to the cache, or, for an image without bytes, its
+    ``path`` under ``root`` (an InputError when that path leaves ``root``). The path beside an
+    image's bytes is the name of the file it came from, never read, so never checked."""
     data, hint = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (value, None)
     if isinstance(data, bytes) and data:
         return str(images.store(data, name))
-    if isinstance(hint, str) and hint and (root / hint).is_file():
-        return str(root / hint)
+    if isinstance(hint, str) and hint.strip():
+        file = inside(root, hint, source=f"{path} row {row} ({name}) image path")
+        if file.is_file():
+            return str(file)
     raise InputError(
         f"{path} row {row} ({name}): the image has no bytes and its path {hint!r} is not a file "
         f"under {root}."

@@ -1,5 +1,5 @@
 """A handle on the vision-language model a stage asks: what to load, loaded on first use, and what to
-do when it cannot be loaded."""
+do when it cannot be loaded or stops answering."""
 
 from __future__ import annotations
 
@@ -25,14 +25,20 @@ class ModelHandle:
     ``model`` is a Hugging Face id or local folder (run locally with transformers; None means
     ``default``), or a ready :class:`~mmrank.mllm.VisionLanguageModel`; with ``url`` it is the model
     name an OpenAI-compatible server serves (None: the server's first model). ``options`` go to the
-    backend (``device``, ``dtype``, ``max_pixels``, ...). ``on_unavailable``: ``fail`` raises when
-    the model cannot be loaded; ``keep-order`` lets :meth:`available` report why instead.
+    backend (``device``, ``dtype``, ``max_pixels``, ...).
+
+    ``on_unavailable`` says what a ModelUnavailableError (a model that cannot be loaded, a server
+    that cannot be reached, answers an error after its retries or sends a malformed reply) does to
+    the stage asking: ``keep-order`` (the default) logs a warning on the "mmrank" logger and lets the
+    stage keep the incoming order of the rankings concerned, with a note ``model unavailable:
+    <reason>`` on their hits (see :meth:`available` and :meth:`unavailable`), so that a long
+    evaluation survives a server that blinked; ``fail`` raises the error.
     """
 
     model: str | VisionLanguageModel | None = None
     url: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
-    on_unavailable: OnUnavailable = "fail"
+    on_unavailable: OnUnavailable = "keep-order"
     default: str | None = None
 
     def __post_init__(self) -> None:
@@ -84,7 +90,12 @@ class ModelHandle:
         try:
             return self.get(), None
         except ModelUnavailableError as error:
-            if self.on_unavailable == "fail":
-                raise
-            logger.warning("%s: keeping the incoming order: %s", asking, error)
-            return None, str(error)
+            return None, self.unavailable(error, asking)
+
+    def unavailable(self, error: ModelUnavailableError, asking: str = "stage") -> str:
+        """Why the model failed ``asking`` (the error's message), after a warning naming
+        ``asking``, when ``on_unavailable`` is ``keep-order``; with ``fail``, ``error`` is raised."""
+        if self.on_unavailable == "fail":
+            raise error
+        logger.warning("%s: keeping the incoming order: %s", asking, error)
+        return str(error)

@@ -3,7 +3,19 @@
 Images travel inside the request as ``data:image/png;base64,...`` URLs (or JPEG, smaller but
 lossy). Requests go through the official ``openai`` SDK, which applies the timeout and retries
 failed requests (connection errors, timeouts, 408/409/429/5xx) with exponential backoff: 0.5 s
-doubling up to 8 s with jitter, or the server's ``Retry-After``.
+doubling up to 8 s, less up to a quarter at random, or what the server's ``Retry-After`` asks
+(up to two minutes); with the default 3 retries a failing request is given up after waiting about
+3.5 s in all.
+
+What is left after the retries is one line each, never a traceback: a server that cannot be
+reached, or that answers with an HTTP error, raises ModelUnavailableError naming the server, the
+status and the server's message; a reply that is not what the protocol promises raises
+ModelReplyError (a ModelUnavailableError). The SDK parses leniently (an HTML page comes back as a
+string, malformed JSON as a bare JSONDecodeError, missing fields as None), so the replies are read
+here from their raw bodies and checked: a JSON object, ``choices[0].message.content`` (a string
+or null), and for scores ``choices[0].logprobs.content[0].top_logprobs`` (tokens and their
+log-probabilities); ``usage`` is optional. A stage with ``on_unavailable: keep-order`` then keeps
+the incoming order of the rankings concerned (see :class:`~mmrank.mllm.handle.ModelHandle`).
 
 ``assistant_prefix`` is sent as a final assistant message with ``continue_final_message=True,
 add_generation_prompt=False`` in the request body: vLLM's convention (SGLang accepts the same
@@ -19,15 +31,17 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
-from mmrank.errors import InputError, MMRankError, ModelUnavailableError
+from mmrank.errors import InputError, ModelReplyError, ModelUnavailableError
 from mmrank.images import open_rgb
 from mmrank.mllm.base import (
     Conversation,
@@ -39,11 +53,10 @@ from mmrank.mllm.base import (
     softmax_rows,
 )
 
-if TYPE_CHECKING:
-    from openai.types.chat import ChatCompletion
-
 _T = TypeVar("_T")
 _IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
+_COMPLETION = "an OpenAI chat completion"
+_MODEL_LIST = "an OpenAI model list"
 
 
 class OpenAICompatibleModel:
@@ -52,10 +65,17 @@ class OpenAICompatibleModel:
     ``base_url`` is the server's address, with or without the ``/v1`` suffix. ``model`` is the
     served model name; None asks the server (``/v1/models``) and takes the first. ``api_key``
     defaults to ``$OPENAI_API_KEY``, else ``EMPTY`` (what vLLM expects when it has no key).
-    ``timeout`` is in seconds per request; ``max_retries`` retries per request; ``concurrency``
-    requests are in flight at once. ``max_pixels`` downsizes larger images (aspect ratio kept)
-    before they are sent, so a pipeline's pixel budget means the same here as with the local
-    backend; the server may bound them further (e.g. vLLM's ``--mm-processor-kwargs``).
+    ``timeout`` is in seconds per request; ``max_retries`` (default 3) retries a request that
+    could not connect, timed out or was answered 408, 409, 429 or 5xx, with exponential backoff
+    (see the module docstring); ``concurrency`` requests are in flight at once, and when one fails
+    after its retries the requests not yet sent are dropped. ``max_pixels`` downsizes larger images
+    (aspect ratio kept) before they are sent, so a pipeline's pixel budget means the same here as
+    with the local backend; the server may bound them further (e.g. vLLM's
+    ``--mm-processor-kwargs``).
+
+    Raises ModelUnavailableError when the server cannot be reached or answers an HTTP error (after
+    the retries), and ModelReplyError when its reply is not an OpenAI chat completion (or model
+    list) as promised.
     """
 
     def __init__(
@@ -65,7 +85,7 @@ class OpenAICompatibleModel:
         *,
         api_key: str | None = None,
         timeout: float = 120.0,
-        max_retries: int = 2,
+        max_retries: int = 3,
         top_logprobs: int = 20,
         concurrency: int = 8,
         image_format: str = "png",
@@ -77,6 +97,8 @@ class OpenAICompatibleModel:
             raise InputError(f"max_pixels must be positive, got {max_pixels}.")
         if top_logprobs < 1 or concurrency < 1:
             raise InputError(f"top_logprobs, concurrency must be positive: {top_logprobs}, {concurrency}.")
+        if not isinstance(max_retries, int) or max_retries < 0 or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InputError(f"Need max_retries >= 0 and timeout > 0 (seconds); got {max_retries!r} and {timeout!r}.")
         from mmrank.optional import require
 
         openai = require("openai", "The OpenAI-compatible MLLM backend (vLLM, SGLang servers)")
@@ -103,10 +125,15 @@ class OpenAICompatibleModel:
 
     def _first_served_model(self) -> str:
         with self._server_errors():
-            served = [entry.id for entry in self._client.models.list()]
+            reply = self._reply(self._client.models.with_raw_response.list(), _MODEL_LIST)
+        served = reply.get("data")
+        if not isinstance(served, list) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("id"), str) for entry in served
+        ):
+            raise self._bad_reply(_MODEL_LIST, f"no 'data' list of models with an 'id' ({_excerpt(reply)})")
         if not served:
             raise ModelUnavailableError(f"The MLLM server at {self.base_url} serves no model.")
-        return served[0]
+        return served[0]["id"]
 
     # --------------------------------------------------------------- generation
     def generate(
@@ -122,14 +149,12 @@ class OpenAICompatibleModel:
         check_generation_options(max_new_tokens, temperature)
 
         def complete(conversation: Conversation) -> Generation:
-            response = self._complete(
+            reply = self._complete(
                 conversation, assistant_prefix, max_tokens=max_new_tokens, temperature=temperature
             )
-            usage = response.usage
+            message = self._choice(reply)["message"]
             return Generation(
-                response.choices[0].message.content or "",
-                usage.prompt_tokens if usage else 0,
-                usage.completion_tokens if usage else 0,
+                message["content"] or "", _tokens(reply, "prompt_tokens"), _tokens(reply, "completion_tokens")
             )
 
         results = self._map(complete, conversations)
@@ -151,16 +176,12 @@ class OpenAICompatibleModel:
         variants = choice_variants(choices)
 
         def score(conversation: Conversation) -> tuple[np.ndarray, int]:
-            response = self._complete(
+            reply = self._complete(
                 conversation, assistant_prefix, max_tokens=1, temperature=0.0,
                 logprobs=True, top_logprobs=self.top_logprobs,
             )
-            logprobs = response.choices[0].logprobs
-            if logprobs is None or not logprobs.content:
-                raise MMRankError(f"The MLLM server at {self.base_url} returned no logprobs.")
-            top = [(entry.token, entry.logprob) for entry in logprobs.content[0].top_logprobs]
-            prompt_tokens = response.usage.prompt_tokens if response.usage else 0
-            return choice_log_probs(top, variants, self.top_logprobs), prompt_tokens
+            top = self._top_logprobs(self._choice(reply))
+            return choice_log_probs(top, variants, self.top_logprobs), _tokens(reply, "prompt_tokens")
 
         scored = self._map(score, conversations)
         self.usage.input_tokens += sum(tokens for _, tokens in scored)
@@ -170,21 +191,102 @@ class OpenAICompatibleModel:
 
     # ----------------------------------------------------------------- requests
     def _map(self, request: Callable[[Conversation], _T], conversations: list[Conversation]) -> list[_T]:
-        """``request`` over every conversation, ``concurrency`` at a time, results in order."""
+        """``request`` over every conversation, ``concurrency`` at a time, results in order. The
+        first request to fail (after its retries) raises, and the requests not yet sent are dropped."""
         self.usage.calls += 1
         if not conversations:
             return []
-        with self._server_errors(), ThreadPoolExecutor(min(self.concurrency, len(conversations))) as pool:
-            results = list(pool.map(request, conversations))
+        failures: list[BaseException] = []
+
+        def attempt(conversation: Conversation) -> _T | None:
+            if failures:  # another request failed: this one is not sent
+                return None
+            try:
+                return request(conversation)
+            except BaseException as error:
+                failures.append(error)
+                raise
+
+        with self._server_errors():
+            with ThreadPoolExecutor(min(self.concurrency, len(conversations))) as pool:
+                futures = [pool.submit(attempt, conversation) for conversation in conversations]
+            if failures:
+                raise failures[0]
+            results = [future.result() for future in futures]
         self.usage.forward_passes += len(conversations)
         return results
 
-    def _complete(self, conversation: Conversation, assistant_prefix: str, **options: Any) -> ChatCompletion:
+    def _complete(self, conversation: Conversation, assistant_prefix: str, **options: Any) -> dict[str, Any]:
+        """One chat completion request; its reply as a JSON object (ModelReplyError otherwise)."""
         messages = [self._message(message) for message in conversation]
         if assistant_prefix:
             messages.append({"role": "assistant", "content": assistant_prefix})
             options["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
-        return self._client.chat.completions.create(model=self.model, messages=messages, **options)
+        raw = self._client.chat.completions.with_raw_response.create(model=self.model, messages=messages, **options)
+        return self._reply(raw, _COMPLETION)
+
+    # ------------------------------------------------------------------ replies
+    def _reply(self, raw: Any, expected: str) -> dict[str, Any]:
+        """A successful reply's body as a JSON object; ModelReplyError when it is not one (e.g. an
+        HTML page from a proxy, or a body cut short)."""
+        text = raw.text
+        kind = raw.headers.get("content-type", "").split(";")[0].strip()
+        try:
+            body = json.loads(text)
+        except ValueError as error:
+            if "json" in kind:
+                problem = f"its body is not valid JSON ({error}): {_excerpt(text, tags=True)}"
+            else:
+                problem = (f"its body is {kind or 'of no stated type'}, not JSON: {_excerpt(text)}; is "
+                           f"{self.base_url} the address of an OpenAI-compatible API (vLLM, SGLang)?")
+            raise self._bad_reply(expected, problem) from None
+        if not isinstance(body, dict):
+            raise self._bad_reply(expected, f"its body is JSON but not an object: {_excerpt(text)}")
+        return body
+
+    def _choice(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """The first choice of a chat completion, checked to hold a message with a ``content``
+        (a string, or null for no text)."""
+        choices = reply.get("choices")
+        if not isinstance(choices, list) or not choices:
+            said = _said(reply)
+            problem = "no 'choices' list" if not isinstance(choices, list) else "empty 'choices'"
+            raise self._bad_reply(_COMPLETION, problem + (f" (it says: {said})" if said else f" ({_excerpt(reply)})"))
+        choice = choices[0]
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            raise self._bad_reply(_COMPLETION, f"a choice without a 'message' ({_excerpt(choice)})")
+        if "content" not in message or not isinstance(message["content"], (str, type(None))):
+            raise self._bad_reply(_COMPLETION, f"a message without a text 'content' ({_excerpt(message)})")
+        return choice
+
+    def _top_logprobs(self, choice: dict[str, Any]) -> list[tuple[str, float]]:
+        """The first generated token's ``top_logprobs`` as (token, logprob) pairs, checked."""
+        logprobs = choice.get("logprobs")
+        content = logprobs.get("content") if isinstance(logprobs, dict) else None
+        if not isinstance(content, list) or not content:
+            raise self._bad_reply(_COMPLETION, "no 'logprobs' for the generated token, though the request "
+                                               f"asked for logprobs and top_logprobs={self.top_logprobs}")
+        first = content[0]
+        top = first.get("top_logprobs") if isinstance(first, dict) else None
+        if not isinstance(top, list) or not top:
+            raise self._bad_reply(_COMPLETION, "no 'top_logprobs' for the generated token, though the request "
+                                               f"asked for top_logprobs={self.top_logprobs}")
+        pairs = []
+        for entry in top:
+            token = entry.get("token") if isinstance(entry, dict) else None
+            logprob = entry.get("logprob") if isinstance(entry, dict) else None
+            if not isinstance(token, str) or isinstance(logprob, bool) or not isinstance(logprob, (int, float)):
+                raise self._bad_reply(_COMPLETION, f"a 'top_logprobs' entry without a token and its logprob "
+                                                   f"({_excerpt(entry)})")
+            pairs.append((token, float(logprob)))
+        return pairs
+
+    def _bad_reply(self, expected: str, problem: str) -> ModelReplyError:
+        """The one-line error for a reply that is not ``expected``, saying what is wrong with it."""
+        end = "" if problem.endswith("?") else "."
+        return ModelReplyError(
+            f"The MLLM server at {self.base_url} sent a reply that is not {expected}: {problem}{end}")
 
     def _message(self, message: dict[str, Any]) -> dict[str, Any]:
         """A message with its image parts as data URLs and its text parts as OpenAI text parts."""
@@ -223,8 +325,8 @@ class OpenAICompatibleModel:
         except openai.APIConnectionError as exc:
             cause = "timed out" if isinstance(exc, openai.APITimeoutError) else _cause(exc)
             raise ModelUnavailableError(
-                f"Cannot reach the MLLM server at {self.base_url} ({cause}; {self.max_retries} "
-                f"retries, timeout {self.timeout:g} s): is it running? Start one with e.g. "
+                f"Cannot reach the MLLM server at {self.base_url} ({cause}; {_retries(self.max_retries)}, "
+                f"timeout {self.timeout:g} s): is it running? Start one with e.g. "
                 "`vllm serve Qwen/Qwen2.5-VL-3B-Instruct` and pass its address, such as "
                 "http://localhost:8000/v1."
             ) from exc
@@ -236,9 +338,15 @@ class OpenAICompatibleModel:
                 "model=None takes the first)."
             ) from exc
         except openai.APIStatusError as exc:
-            raise MMRankError(
-                f"The MLLM server at {self.base_url} answered {exc.status_code}: {exc.message}"
+            status = exc.status_code
+            retried = status in (408, 409, 429) or status >= 500
+            after = f" after {_retries(self.max_retries)}" if retried and self.max_retries else ""
+            raise ModelUnavailableError(
+                f"The MLLM server at {self.base_url} answered {status}{after}: {_server_message(exc)}. "
+                + _STATUS_ADVICE.get(status, _STATUS_ADVICE[500] if retried else _STATUS_ADVICE[400])
             ) from exc
+        except openai.APIError as exc:  # e.g. a response the SDK could not read
+            raise ModelUnavailableError(f"The MLLM server at {self.base_url} failed: {exc}") from exc
 
 
 def choice_log_probs(
@@ -261,6 +369,60 @@ def choice_log_probs(
             "choices are single tokens of the served model."
         )
     return scores
+
+
+_STATUS_ADVICE = {
+    400: "The server refused the request: check its limits (e.g. vLLM's --max-model-len and "
+         "--limit-mm-per-prompt) against the stage's depth, window and max_pixels.",
+    401: "Check the API key (api_key in model_options, or $OPENAI_API_KEY).",
+    403: "Check the API key (api_key in model_options, or $OPENAI_API_KEY).",
+    500: "The server failed or is overloaded: check its log, or raise max_retries or timeout in "
+         "model_options.",
+}
+
+
+def _server_message(exc: Any) -> str:
+    """What a server said with an HTTP error: its JSON ``message``, or its page's text, on one line."""
+    body = exc.body
+    if isinstance(body, dict):
+        message = body.get("message")
+        return _excerpt(message) if isinstance(message, str) and message.strip() else _excerpt(body)
+    if isinstance(body, str) and body.strip():
+        return _excerpt(body)
+    return "no message"
+
+
+def _said(reply: dict[str, Any]) -> str | None:
+    """The message of an error object sent as a reply (``{"error": {"message": ...}}`` or vLLM's
+    ``{"object": "error", "message": ...}``), if that is what it is."""
+    error = reply.get("error")
+    message = error.get("message") if isinstance(error, dict) else error if isinstance(error, str) else None
+    if message is None and reply.get("object") == "error":
+        message = reply.get("message")
+    return _excerpt(message) if isinstance(message, str) and message.strip() else None
+
+
+def _excerpt(value: Any, limit: int = 160, *, tags: bool = False) -> str:
+    """A reply or part of one for an error message, on one line: a page's text (without its tags
+    unless ``tags``), JSON as JSON, cut at ``limit`` characters."""
+    if isinstance(value, str):
+        text = re.sub(r"<[^>]*>", " ", value) if value.lstrip().startswith("<") and not tags else value
+    else:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    text = " ".join(text.split())
+    return repr(text[:limit] + "..." if len(text) > limit else text) if text else "an empty body"
+
+
+def _retries(count: int) -> str:
+    """``1 retry``, ``3 retries``."""
+    return f"{count} {'retry' if count == 1 else 'retries'}"
+
+
+def _tokens(reply: dict[str, Any], field: str) -> int:
+    """A token count from a reply's optional ``usage`` (0 when absent)."""
+    usage = reply.get("usage")
+    count = usage.get(field) if isinstance(usage, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
 def _api_url(base_url: str) -> str:

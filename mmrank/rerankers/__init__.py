@@ -56,9 +56,13 @@ def reranker_type(cls: type) -> str:
                      "register it with mmrank.rerankers.register_reranker(type_name, class).")
 
 
-def create_reranker(config: Mapping[str, Any], *, mllm: str | None = None, mllm_url: str | None = None) -> Reranker:
+def create_reranker(config: Mapping[str, Any], *, mllm: str | None = None, mllm_url: str | None = None,
+                    trust_remote_code: bool = False) -> Reranker:
     """Build a reranker from ``{"type": name, **options}``. ``mllm`` / ``mllm_url``, when given,
-    replace the model (and server) of rerankers that ask a vision-language model."""
+    replace the model (and server) of rerankers that ask a vision-language model;
+    ``trust_remote_code`` lets such a model run code of its own (locally loaded models only)."""
+    if not isinstance(config, Mapping):
+        raise InputError(f"A reranker is a mapping such as {{type: pointwise, depth: 20}}; got {config!r}.")
     options = dict(config)
     reranker = reranker_class(options.pop("type", None))
     if getattr(reranker, "uses_mllm", False):
@@ -66,6 +70,10 @@ def create_reranker(config: Mapping[str, Any], *, mllm: str | None = None, mllm_
             options["model"] = mllm
         if mllm_url is not None:
             options["url"] = mllm_url
+        if trust_remote_code and options.get("url") is None:
+            model_options = options.get("model_options")
+            model_options = dict(reranker.default_model_options if model_options is None else model_options)
+            options["model_options"] = {**model_options, "trust_remote_code": True}
     try:
         inspect.signature(reranker).bind(**options)
     except TypeError as error:

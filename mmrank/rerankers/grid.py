@@ -74,8 +74,9 @@ class GridReranker(PictureMLLMReranker):
     the grid's square tile and gutter sizes in pixels. ``shuffle``: place candidates in the tiles
     in a random order fixed by ``seed`` and the query (to study position bias). ``max_new_tokens``
     defaults to 4 K + 8 and ``temperature`` to 0 (greedy). ``batch_size``: queries per model call
-    (grids are built per call, so this bounds memory). Model options as in
-    :class:`~mmrank.rerankers.mllm_stage.MLLMReranker`.
+    (grids are built per call, so this bounds memory). Model options and ``on_unavailable`` as in
+    :class:`~mmrank.rerankers.mllm_stage.MLLMReranker`: when a call fails, the queries of its batch
+    keep their order.
 
     The grid is ``pictures[name][0]`` and the model's answer ``explanations[name][0]``. An answer
     that cannot be parsed keeps the incoming order; a partial one ranks the numbers given, then the
@@ -149,19 +150,19 @@ class GridReranker(PictureMLLMReranker):
     def rerank_batch(self, queries: Sequence[Query], rankings: Sequence[Ranking],
                      collection: Collection) -> list[Ranking]:
         """One call per ``batch_size`` queries; see the class docstring."""
-        model, unchanged = self.model_or_fallback(rankings)
-        if model is None:
-            return unchanged
+        calls = self.model_calls(rankings)
         grids: list[_Grid] = []
-        for begin in range(0, len(rankings), self.batch_size):
-            batch = [self._prepare(query, ranking) for query, ranking in
-                     zip(queries[begin:begin + self.batch_size], rankings[begin:begin + self.batch_size],
-                         strict=True)]
-            asked = [grid for grid in batch if grid.conversation is not None]
-            if asked:
-                (self._first_token if self.mode == "first-token" else self._generate)(model, asked)
-            grids += batch
-        return [self._apply(grid) for grid in grids]
+        ask = self._first_token if self.mode == "first-token" else self._generate
+        if calls.model is not None:
+            for begin in range(0, len(rankings), self.batch_size):
+                batch = [self._prepare(query, ranking) for query, ranking in
+                         zip(queries[begin:begin + self.batch_size], rankings[begin:begin + self.batch_size],
+                             strict=True)]
+                shown = [index for index, grid in enumerate(batch) if grid.conversation is not None]
+                if shown:
+                    calls.ask([begin + index for index in shown], ask, [batch[index] for index in shown])
+                grids += batch
+        return calls.results(lambda row: self._apply(grids[row]))
 
     def _generate(self, model: VisionLanguageModel, grids: list[_Grid]) -> None:
         """Each grid's ranked tiles from the model's JSON answer."""

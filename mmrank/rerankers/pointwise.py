@@ -53,7 +53,8 @@ class PointwiseReranker(PictureMLLMReranker):
     ``threshold`` (unscored hits and hits after ``depth`` are then dropped too): the returned
     ranking is shorter. ``batch_size``: candidates (of all queries together) per model call;
     pictures are loaded per call, so this bounds memory (None: all in one call; the backend still
-    splits calls into its own batches). Model options as in :class:`MLLMReranker`.
+    splits calls into its own batches). Model options and ``on_unavailable`` as in
+    :class:`MLLMReranker`: when a call fails, the rankings with a candidate in it keep their order.
     """
 
     name: str = "pointwise"
@@ -119,18 +120,19 @@ class PointwiseReranker(PictureMLLMReranker):
     # ---------------------------------------------------------------- reranking
     def rerank_batch(self, queries: Sequence[Query], rankings: Sequence[Ranking],
                      collection: Collection) -> list[Ranking]:
-        """Score the top ``depth`` hits of every ranking (one model call unless ``batch_size``)."""
-        model, unchanged = self.model_or_fallback(rankings)
-        if model is None:
-            return unchanged
-        questions = [self.question(query) for query in queries]
-        jobs = [(row, position, hit) for row, ranking in enumerate(rankings)
-                for position, hit in enumerate(ranking.hits[:self.depth])]
+        """Score the top ``depth`` hits of every ranking (one model call unless ``batch_size``). A
+        ranking with a candidate in a call that fails keeps its incoming order (``on_unavailable``)."""
+        calls = self.model_calls(rankings)
         verdicts: list[dict[int, HeadPlace]] = [{} for _ in rankings]
-        size = self.batch_size or max(1, len(jobs))
-        for begin in range(0, len(jobs), size):
-            self._score(model, questions, jobs[begin:begin + size], verdicts)
-        return [self._apply(ranking, verdict) for ranking, verdict in zip(rankings, verdicts)]
+        if calls.model is not None:
+            questions = [self.question(query) for query in queries]
+            jobs = [(row, position, hit) for row, ranking in enumerate(rankings)
+                    for position, hit in enumerate(ranking.hits[:self.depth])]
+            size = self.batch_size or max(1, len(jobs))
+            for begin in range(0, len(jobs), size):
+                batch = [job for job in jobs[begin:begin + size] if job[0] not in calls.lost]
+                calls.ask({row for row, _, _ in batch}, self._score, questions, batch, verdicts)
+        return calls.results(lambda row: self._apply(rankings[row], verdicts[row]))
 
     def _score(self, model: VisionLanguageModel, questions: list[str], jobs: list[tuple[int, int, Hit]],
                verdicts: list[dict[int, HeadPlace]]) -> None:

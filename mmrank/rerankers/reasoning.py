@@ -81,7 +81,9 @@ class ReasoningReranker(PictureMLLMReranker):
     their order and score. A window whose answer cannot be parsed, or whose pages cannot be loaded,
     keeps its incoming order; a partial answer ranks the ids given and keeps the rest in order; both
     are noted on the window's hits (``window k: ...``, several joined by `` | ``). The reasoning of
-    window k is ``explanations[name][k - 1]`` (empty for a window not asked).
+    window k is ``explanations[name][k - 1]`` (empty for a window not asked). ``on_unavailable`` as
+    in :class:`~mmrank.rerankers.mllm_stage.MLLMReranker`: a ranking whose window is in a call that
+    fails keeps its incoming order (its earlier windows' answers are dropped).
     """
 
     default_model: ClassVar[str | None] = MMR5_MODEL
@@ -126,20 +128,22 @@ class ReasoningReranker(PictureMLLMReranker):
 
     def rerank_batch(self, queries: Sequence[Query], rankings: Sequence[Ranking],
                      collection: Collection) -> list[Ranking]:
-        """Slide the windows over every ranking; window k of all rankings go to the model together."""
-        model, unchanged = self.model_or_fallback(rankings)
-        if model is None:
-            return unchanged
-        progress = [
-            _Progress(ranking, self.question(query), self.schedule(len(ranking)),
-                      list(range(min(self.depth, len(ranking)))))
-            for query, ranking in zip(queries, rankings, strict=True)]
+        """Slide the windows over every ranking; window k of all rankings go to the model together.
+        A ranking in a call that fails keeps its incoming order and is not asked again."""
+        calls = self.model_calls(rankings)
+        progress: list[_Progress] = []
+        if calls.model is not None:
+            progress = [
+                _Progress(ranking, self.question(query), self.schedule(len(ranking)),
+                          list(range(min(self.depth, len(ranking)))))
+                for query, ranking in zip(queries, rankings, strict=True)]
         for step in range(max((len(p.schedule) for p in progress), default=0)):
-            active = [p for p in progress if step < len(p.schedule)]
-            size = self.batch_size or len(active)
+            active = [row for row, p in enumerate(progress) if step < len(p.schedule) and row not in calls.lost]
+            size = self.batch_size or max(1, len(active))
             for begin in range(0, len(active), size):
-                self._step(model, step, active[begin:begin + size])
-        return [self._result(p) for p in progress]
+                rows = active[begin:begin + size]
+                calls.ask(rows, self._step, step, [progress[row] for row in rows])
+        return calls.results(lambda row: self._result(progress[row]))
 
     def _step(self, model: VisionLanguageModel, step: int, progress: list[_Progress]) -> None:
         """Ask for window ``step`` of every ranking in ``progress`` and apply the answers."""

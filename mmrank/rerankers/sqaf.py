@@ -21,7 +21,7 @@ import numpy as np
 
 from mmrank.captions import CaptionCache, caption_key, default_caption_cache
 from mmrank.encoders import encodes_text
-from mmrank.errors import InputError
+from mmrank.errors import InputError, ModelUnavailableError
 from mmrank.fusion import check_caption_fusion, fuse_caption_vector
 from mmrank.mllm.base import check_generation_options
 from mmrank.mllm.prompts import TARGET_CAPTION_PROMPT
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from mmrank.types import Query, Ranking
 
 NOT_COMPOSED = "not a composed query (needs a reference image and a modification text); kept the incoming order"
+EMPTY_CAPTION = "no caption (the model's answer was empty); kept the incoming order"
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -51,8 +52,11 @@ class CaptionFusionReranker(MLLMReranker):
 
     The stage returns at least ``depth`` hits (and as many as it received); hits the first stage
     found that the new search did not return follow in their incoming order, with a note. Queries
-    that are not composed keep their order. The caption is ``explanations[name][0]``, and the
-    fused vector replaces ``query_vectors["image"]`` for the stages after this one.
+    that are not composed, or whose caption is empty, keep their order. ``on_unavailable`` as in
+    :class:`~mmrank.rerankers.mllm_stage.MLLMReranker`, per caption call: captions already written
+    stay cached, and the queries whose caption could not be written keep their order with the note
+    ``model unavailable: <reason>``. The caption is ``explanations[name][0]``, and the fused vector
+    replaces ``query_vectors["image"]`` for the stages after this one.
     """
 
     name: str = "sqaf"
@@ -84,14 +88,20 @@ class CaptionFusionReranker(MLLMReranker):
 
     def captions(self, queries: Sequence[Query]) -> list[str | None]:
         """Each composed query's target caption, from the cache or the model (loaded only when a
-        caption is missing). None where the model is unavailable and ``on_unavailable`` is
-        ``keep-order``."""
+        caption is missing). None where the model could not write it (unavailable, or its call
+        failed) and ``on_unavailable`` is ``keep-order``."""
+        return [caption for caption, _ in self._captions(queries)]
+
+    def _captions(self, queries: Sequence[Query]) -> list[tuple[str | None, str | None]]:
+        """Each query's caption, or None and why the model could not write it."""
         keys = [self.cache_key(query) for query in queries]
         known: dict[str, str | None] = dict(self.captions_cache.get_many(list(dict.fromkeys(keys))))
         missing = {key: query for key, query in zip(keys, queries) if key not in known}
+        failed: dict[str, str] = {}
         if missing:
-            known.update(self._ask(list(missing.items())))
-        return [known[key] for key in keys]
+            written, failed = self._ask(list(missing.items()))
+            known.update(written)
+        return [(known.get(key), failed.get(key)) for key in keys]
 
     def cache_key(self, query: Query) -> str:
         """The key of the query's caption in the cache: its reference image's content, the request,
@@ -99,26 +109,36 @@ class CaptionFusionReranker(MLLMReranker):
         return caption_key(query.image, request(query), model=self.handle.identity, prompt=self.prompt,
                            max_new_tokens=self.max_new_tokens, temperature=self.temperature)
 
-    def _ask(self, jobs: list[tuple[str, Query]]) -> dict[str, str | None]:
-        model, _ = self.handle.available(self.name)
+    def _ask(self, jobs: list[tuple[str, Query]]) -> tuple[dict[str, str], dict[str, str]]:
+        """The captions the model wrote (cached as each call answers), and why the others could
+        not be written: the model is unavailable, or their call failed (``on_unavailable``
+        ``keep-order``; with ``fail`` the error is raised, the captions already written staying
+        cached)."""
+        model, problem = self.handle.available(self.name)
         if model is None:
-            return {key: None for key, _ in jobs}
+            return {}, {key: problem for key, _ in jobs}
         written: dict[str, str] = {}
+        failed: dict[str, str] = {}
         for start in range(0, len(jobs), self.batch_size):
             chunk = jobs[start:start + self.batch_size]
-            generations = model.generate([self.caption_conversation(query) for _, query in chunk],
-                                         max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+            try:
+                generations = model.generate([self.caption_conversation(query) for _, query in chunk],
+                                             max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+            except ModelUnavailableError as error:
+                failed.update(dict.fromkeys((key for key, _ in chunk), self.handle.unavailable(error, self.name)))
+                continue
             found = {key: clean_caption(generation.text) for (key, _), generation in zip(chunk, generations)}
             self.captions_cache.put_many(found)
             written.update(found)
-        return written
+        return written, failed
 
     # ---------------------------------------------------------------- reranking
     def rerank_batch(self, queries: Sequence[Query], rankings: Sequence[Ranking],
                      collection: Collection) -> list[Ranking]:
         """Caption, fuse and search again for every composed query (see the class docstring)."""
         composed = [i for i, query in enumerate(queries) if is_composed(query)]
-        captions = dict(zip(composed, self.captions([queries[i] for i in composed])))
+        written = dict(zip(composed, self._captions([queries[i] for i in composed])))
+        captions = {i: caption for i, (caption, _) in written.items()}
         usable = [i for i in composed if captions[i]]
         found: dict[int, tuple[list[tuple[str, float]], np.ndarray]] = {}
         if usable:
@@ -131,9 +151,7 @@ class CaptionFusionReranker(MLLMReranker):
             if i in found:
                 results.append(self._apply(ranking, *found[i], captions[i], items))
             else:
-                note = NOT_COMPOSED if i not in captions else (
-                    "no caption (model unavailable or empty answer); kept the incoming order")
-                results.append(keep_order(ranking, self.name, note))
+                results.append(keep_order(ranking, self.name, _kept_note(written.get(i))))
         return results
 
     def _search(self, queries: Sequence[Query], rankings: Sequence[Ranking], captions: Sequence[str],
@@ -163,6 +181,14 @@ class CaptionFusionReranker(MLLMReranker):
                     for hit in ranking.hits if hit.item_id not in returned]
         result = ranking.with_stage(self.name, ordered, explanations=(caption,))
         return replace(result, query_vectors={**result.query_vectors, "image": vector})
+
+
+def _kept_note(written: tuple[str | None, str | None] | None) -> str:
+    """Why a query kept its order: not composed, no caption from the model, or an empty caption."""
+    if written is None:
+        return NOT_COMPOSED
+    _, why = written
+    return EMPTY_CAPTION if why is None else f"model unavailable: {why}"
 
 
 def request(query: Query) -> str:

@@ -21,6 +21,7 @@ from mmrank.evaluation import SubmissionRankings, evaluate, score_judgements
 from mmrank.metrics import parse_metric
 from mmrank.pipeline import Pipeline
 from mmrank.types import Hit, Item, Query, Ranking, StageScore
+from tests.datasets.test_base import untouched
 
 
 def _image(path: Path, index: int) -> None:
@@ -515,3 +516,123 @@ def test_a_dataset_with_subset_judgements_is_ranked_to_the_last_item(cirr_root: 
 
     assert ranking_depth(["recall@1", "recall@50"], 2297, full=load_cirr(cirr_root).needs_full_ranking) == 2297
     assert ranking_depth(["map@50"], 123403, full=load_circo(circo_root).needs_full_ranking) == 100
+
+
+# --- paths in the annotations stay inside the dataset folder -----------------------------------
+
+
+def _outside(tmp_path: Path, name: str = "secret.png") -> Path:
+    """A real image outside the dataset folder: nothing may look at it."""
+    _image(tmp_path / "outside" / name, 99)
+    return tmp_path / "outside"
+
+
+def _refused(error: pytest.ExceptionInfo, source: str, path: str, folder: Path) -> None:
+    message = str(error.value)
+    assert message.startswith(f"{source}: the path {path!r} "), message
+    assert message.endswith(f"must lie inside the dataset folder {folder}."), message
+
+
+@pytest.mark.parametrize("bad", ["../outside/secret.png", "./dev/../../outside/secret.png", "ABSOLUTE"])
+def test_cirr_image_path_leaving_the_folder_is_refused_before_it_is_read(
+    cirr_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+):
+    outside = _outside(tmp_path)
+    bad = str(outside / "secret.png") if bad == "ABSOLUTE" else bad  # once kept as it was
+    split = cirr_root / "cirr" / "image_splits" / "split.rc2.val.json"
+    _rewrite(split, lambda paths: paths.update({DEV[5]: bad}))
+    touched = untouched(monkeypatch, outside)
+    with pytest.raises(InputError) as error:
+        load_cirr(cirr_root)
+    _refused(error, f"{split}: image {DEV[5]!r}", bad, cirr_root)
+    assert touched == []
+
+
+def test_cirr_nested_and_symlinked_image_folders_still_load(cirr_root: Path, tmp_path: Path):
+    split = cirr_root / "cirr" / "image_splits" / "split.rc2.val.json"
+    (cirr_root / "dev" / "a").mkdir()
+    (cirr_root / "dev" / f"{DEV[0]}.png").rename(cirr_root / "dev" / "a" / "b.png")
+    _rewrite(split, lambda paths: paths.update({DEV[0]: "./dev/a/b.png", DEV[1]: "dev/x/../" + f"{DEV[1]}.png"}))
+    dataset = load_cirr(cirr_root)
+    assert dataset.items[0].source == str(cirr_root / "dev" / "a" / "b.png")
+    assert dataset.items[1].source == str(cirr_root / "dev" / f"{DEV[1]}.png")
+    assert dataset.queries[0].image == dataset.items[0].source
+
+    (tmp_path / "other-disk").mkdir()
+    (cirr_root / "dev").rename(tmp_path / "other-disk" / "dev")
+    (cirr_root / "dev").symlink_to(tmp_path / "other-disk" / "dev", target_is_directory=True)
+    assert [item.source for item in load_cirr(cirr_root).items] == [item.source for item in dataset.items]
+
+
+CIRCO_IMAGES = Path("COCO2017_unlabeled") / "unlabeled2017"
+
+
+def _circo_file_name(root: Path, index: int, name: str) -> Path:
+    info = root / "COCO2017_unlabeled" / "annotations" / "image_info_unlabeled2017.json"
+    _rewrite(info, lambda value: value["images"][index].update(file_name=name))
+    return info
+
+
+# "../secret.jpg" stays in the dataset folder but leaves the image folder file names are relative to.
+@pytest.mark.parametrize("bad", ["../../../outside/secret.jpg", "../secret.jpg", "ABSOLUTE"])
+def test_circo_file_name_leaving_the_image_folder_is_refused_before_it_is_read(
+    circo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+):
+    outside = _outside(tmp_path, "secret.jpg")
+    bad = str(outside / "secret.jpg") if bad == "ABSOLUTE" else bad
+    info = _circo_file_name(circo_root, 2, bad)
+    touched = untouched(monkeypatch, outside)
+    with pytest.raises(InputError) as error:
+        load_circo(circo_root)
+    _refused(error, f"{info}: images[2] (id 103) file_name", bad, circo_root / CIRCO_IMAGES)
+    assert touched == []
+
+
+def test_circo_nested_and_symlinked_image_folders_still_load(circo_root: Path, tmp_path: Path):
+    images = circo_root / CIRCO_IMAGES
+    (images / "a").mkdir()
+    (images / "000000000101.jpg").rename(images / "a" / "b.jpg")
+    _circo_file_name(circo_root, 0, "a/b.jpg")
+    dataset = load_circo(circo_root)
+    assert dataset.items[0].source == str(images / "a" / "b.jpg")
+    assert dataset.queries[0].image == dataset.items[0].source
+
+    images.rename(tmp_path / "unlabeled2017")
+    images.symlink_to(tmp_path / "unlabeled2017", target_is_directory=True)
+    assert [item.source for item in load_circo(circo_root).items] == [item.source for item in dataset.items]
+
+
+@pytest.mark.parametrize("bad", ["../../outside/secret", "a/../../../outside/secret", "ABSOLUTE"])
+def test_fashioniq_image_names_leaving_the_image_folder_are_refused_before_they_are_read(
+    fiq_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+):
+    outside = _outside(tmp_path)
+    bad = str(outside / "secret") if bad == "ABSOLUTE" else bad
+    touched = untouched(monkeypatch, outside)
+    split = fiq_root / "image_splits" / "split.shirt.val.json"
+    original = split.read_text()
+    _rewrite(split, lambda names: names.append(bad))
+    with pytest.raises(InputError) as error:
+        load_fashioniq(fiq_root)
+    _refused(error, f"{split}: image {bad!r}", f"{bad}.png", fiq_root / "images")
+    split.write_text(original)
+
+    captions = fiq_root / "captions" / "cap.shirt.val.json"
+    _rewrite(captions, lambda entries: entries[1].update(candidate=bad))
+    with pytest.raises(InputError) as error:
+        load_fashioniq(fiq_root)
+    _refused(error, f"{captions}: entry 1 candidate", f"{bad}.png", fiq_root / "images")
+    assert touched == []
+
+
+def test_fashioniq_nested_and_symlinked_image_folders_still_load(fiq_root: Path, tmp_path: Path):
+    _image(fiq_root / "images" / "a" / "T9.png", 9)
+    _rewrite(fiq_root / "image_splits" / "split.toptee.val.json", lambda names: names.append("a/T9"))
+    dataset = load_fashioniq(fiq_root, categories="toptee")
+    assert dataset.items[-1].id == "a/T9"
+    assert dataset.items[-1].source == str(fiq_root / "images" / "a" / "T9.png")
+
+    (fiq_root / "images").rename(tmp_path / "other-disk")
+    (fiq_root / "images").symlink_to(tmp_path / "other-disk", target_is_directory=True)
+    assert [item.source for item in load_fashioniq(fiq_root, categories="toptee").items] == [
+        item.source for item in dataset.items]

@@ -23,6 +23,7 @@ from mmrank.evaluation import add_dataset_items, evaluate
 from mmrank.indexing import ItemEncoder
 from mmrank.pipeline import Pipeline
 from mmrank.retrieval import HybridRetriever
+from tests.datasets.test_base import untouched
 
 PAGE_SCHEMA = pa.schema([
     ("doc_name", pa.string()), ("domain", pa.string()), ("passage_id", pa.string()),
@@ -323,3 +324,65 @@ def test_evaluation_ranks_only_each_questions_pages_and_reports_macro(
         "recall@5": 1.0, "macro/recall@5": 1.0,
         "queries": 4,
     }
+
+
+# --- paths in the pages parquet stay inside the dataset folder ---------------------------------
+
+
+def _outside(tmp_path: Path) -> Path:
+    """A real image outside the dataset folder: nothing may look at it."""
+    (tmp_path / "outside").mkdir()
+    Image.new("RGB", (9, 9), "red").save(tmp_path / "outside" / "secret.png")
+    return tmp_path / "outside"
+
+
+@pytest.mark.parametrize("bad", ["../outside/secret.png", "images/../../outside/secret.png", "ABSOLUTE"])
+def test_an_image_path_leaving_the_folder_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    outside = _outside(tmp_path)
+    bad = str(outside / "secret.png") if bad == "ABSOLUTE" else bad
+    rows = page_rows()
+    rows[2]["image_path"] = bad  # the row has image bytes too: the path is refused anyway
+    root = write_mmdocir(tmp_path / "ds", rows=rows)
+    touched = untouched(monkeypatch, outside)
+    with pytest.raises(InputError) as error:
+        load_mmdocir(root)
+    assert str(error.value).startswith(
+        f"{root / 'MMDocIR_pages.parquet'} row 2 (annual.pdf#page=3) image_path: the path {bad!r} ")
+    assert f"must lie inside the dataset folder {root}." in str(error.value)
+    assert touched == []
+
+
+def test_nested_and_normalised_image_paths_still_load(tmp_path: Path) -> None:
+    rows = page_rows()
+    rows[0]["image_path"] = "images/a/b.png"
+    rows[1]["image_path"] = "./images/x/../a/c.png"
+    root = write_mmdocir(tmp_path / "ds", rows=rows)
+    (root / "images" / "a").mkdir()
+    Image.new("RGB", (11, 12)).save(root / "images" / "a" / "b.png")
+    Image.new("RGB", (13, 14)).save(root / "images" / "a" / "c.png")
+    dataset = load_mmdocir(root)
+    assert dataset.items[0].source == str(root / "images" / "a" / "b.png")
+    assert dataset.items[1].source == str(root / "images" / "a" / "c.png")
+    assert _size(dataset.items[1].source) == (13, 14)
+
+
+def test_a_symlinked_image_folder_inside_the_dataset_still_loads(tmp_path: Path) -> None:
+    disk = tmp_path / "other-disk" / "pages"
+    disk.mkdir(parents=True)
+    Image.new("RGB", (15, 16)).save(disk / "0.png")
+    rows = page_rows()
+    rows[0]["image_path"] = "linked/0.png"
+    root = write_mmdocir(tmp_path / "ds", rows=rows)
+    (root / "linked").symlink_to(disk, target_is_directory=True)
+    dataset = load_mmdocir(root)
+    assert dataset.items[0].source == str(root / "linked" / "0.png")
+    assert _size(dataset.items[0].source) == (15, 16)
+
+
+def test_a_blank_or_null_image_path_means_none_and_the_bytes_are_used(tmp_path: Path) -> None:
+    rows = page_rows()
+    rows[0]["image_path"], rows[1]["image_path"], rows[2]["image_path"] = "", "  ", None
+    dataset = load_mmdocir(write_mmdocir(tmp_path / "ds", rows=rows))
+    assert [_size(item.source) for item in dataset.items[:3]] == [(24, 30), (25, 31), (26, 32)]

@@ -3,6 +3,7 @@ pickle (numpy arrays inside, as the authors' file has) and small JPEGs written b
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import pickle
@@ -25,6 +26,7 @@ from mmrank.datasets.revisited import (
 from mmrank.errors import InputError
 from mmrank.evaluation import score_judgements
 from mmrank.types import Item
+from tests.datasets.test_base import untouched
 
 DATABASE = [f"db{i}" for i in range(6)]
 QUERIES = ["q0", "q1"]
@@ -411,3 +413,102 @@ def test_score_judgements_gives_the_hand_computed_revisited_metrics(root: Path) 
     for name, judgements in dataset.judgements().items():
         scores.update(score_judgements(rankings, judgements, dataset.metrics, prefix=name))
     assert scores == pytest.approx(expected, abs=1e-12)
+
+
+# --- image names stay inside the image folder --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "index", "bad"),
+    [("imlist", 4, "../../../outside/secret"), ("qimlist", 1, "x/../../../../outside/secret"),
+     ("imlist", 0, "ABSOLUTE")],
+)
+def test_an_image_name_leaving_the_image_folder_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, index: int, bad: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("RGB", (40, 30)).save(outside / "secret.jpg")
+    bad = str(outside / "secret") if bad == "ABSOLUTE" else bad
+    gnd = ground_truth()
+    gnd[key][index] = bad
+    root = write_revisited(tmp_path / "data", gnd=gnd)
+    truth = root / "roxford5k" / "gnd_roxford5k.pkl"
+    touched = untouched(monkeypatch, outside)
+    with pytest.raises(InputError) as error:
+        load_revisited(root)
+    message = str(error.value)
+    assert message.startswith(f"{truth}: {key}[{index}]: the path {bad + '.jpg'!r} "), message
+    assert message.endswith(f"must lie inside the dataset folder {root / 'roxford5k' / 'jpg'}."), message
+    assert touched == []
+
+
+def test_nested_and_symlinked_image_folders_still_load(root: Path, tmp_path: Path) -> None:
+    images = root / "roxford5k" / "jpg"
+    (images / "sub").mkdir()
+    (images / "db0.jpg").rename(images / "sub" / "db0.jpg")
+    gnd = ground_truth()
+    gnd["imlist"][0] = "sub/db0"
+    write_pickle(root / "roxford5k" / "gnd_roxford5k.pkl", gnd)
+    dataset = load_revisited(root)
+    assert dataset.items[0] == Item(id="sub/db0", kind="image", source=str(images / "sub" / "db0.jpg"))
+    assert dataset.qrels["q0"] == {"sub/db0": 1, "db1": 1, "db2": 1}
+
+    images.rename(tmp_path / "other-disk")
+    images.symlink_to(tmp_path / "other-disk", target_is_directory=True)
+    again = load_revisited(root)
+    assert again.items == dataset.items
+    assert again.queries[0].metadata["source"] == str(images / "q0.jpg")
+
+
+# --- the stand-ins for _codecs.encode and bytes ------------------------------------------------
+
+
+class _Calls:
+    """Pickles as a call of ``function`` with ``args``, as a tampered file would hold."""
+
+    def __init__(self, function: Any, *args: Any) -> None:
+        self.function = function
+        self.args = args
+
+    def __reduce__(self) -> tuple:
+        return self.function, self.args
+
+
+@pytest.mark.parametrize(
+    ("call", "shown"),
+    [
+        (_Calls(codecs.encode, "x", "no-such-codec"), "_codecs.encode('x', 'no-such-codec')"),
+        (_Calls(codecs.encode, b"x", "zlib"), "_codecs.encode(b'x', 'zlib')"),  # known, not latin1
+        (_Calls(codecs.encode, "x", "rot13"), "_codecs.encode('x', 'rot13')"),
+        (_Calls(codecs.encode, 7, "latin1"), "_codecs.encode(7, 'latin1')"),
+        (_Calls(codecs.encode, "x", 7), "_codecs.encode('x', 7)"),
+        (_Calls(codecs.encode, "x"), "_codecs.encode('x')"),
+        (_Calls(codecs.encode, "\u20ac", "latin1"), "_codecs.encode('\u20ac', 'latin1')"),
+        (_Calls(bytes, 2**50), f"bytes({2**50})"),  # never allocated
+        (_Calls(bytes, "x" * 100, "utf-8"), f"bytes('{'x' * 36}..., 'utf-8')"),
+    ],
+)
+def test_a_pickle_misusing_an_allowed_global_is_not_a_valid_ground_truth_file(
+    root: Path, tmp_path: Path, call: _Calls, shown: str
+) -> None:
+    gnd = ground_truth()
+    gnd["gnd"][0]["easy"] = call
+    path = write_pickle(root / "roxford5k" / "gnd_roxford5k.pkl", gnd)
+    with pytest.raises(InputError) as error:
+        load_revisited(root)
+    assert str(error.value).startswith(f"{path}: not a valid ground-truth file: it calls {shown}, but ")
+    with pytest.raises(InputError, match="not a valid ground-truth file"):
+        convert_ground_truth(path, tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2])
+def test_bytes_pickled_below_protocol_3_still_read(tmp_path: Path, protocol: int) -> None:
+    # Below protocol 3 Python pickles b"..." as _codecs.encode(text, "latin1") and b"" as bytes().
+    gnd = ground_truth()
+    gnd["gnd"][1]["easy"] = np.frombuffer(b"", dtype=np.int64)
+    root = write_revisited(tmp_path / "data", gnd=gnd, protocol=protocol)
+    data = (root / "roxford5k" / "gnd_roxford5k.pkl").read_bytes()
+    assert b"_codecs" in data and b"bytes" in data
+    assert load_revisited(root).protocols == EXPECTED

@@ -17,6 +17,7 @@ from mmrank.datasets import load_dataset
 from mmrank.datasets.vidore import detect_format, load_vidore
 from mmrank.errors import InputError
 from mmrank.types import Query
+from tests.datasets.test_base import untouched
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SHARD = "test-00000-of-00001.parquet"
@@ -358,3 +359,71 @@ def test_unusable_image_cache_is_named(tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("a file, not a folder")
     with pytest.raises(InputError, match=r"image_cache '.*taken' is not a writable folder"):
         load_vidore(_beir(tmp_path / "ds"), image_cache=tmp_path / "taken")
+
+
+# --- image paths stay inside the dataset folder ------------------------------------------------
+
+
+def _outside(tmp_path: Path) -> Path:
+    """A real image outside the dataset folder: nothing may look at it."""
+    (tmp_path / "outside").mkdir()
+    Image.new("RGB", (9, 9), "red").save(tmp_path / "outside" / "secret.png")
+    return tmp_path / "outside"
+
+
+@pytest.mark.parametrize("bad", ["../outside/secret.png", "pages/../../outside/secret.png", "ABSOLUTE"])
+def test_an_image_path_leaving_the_folder_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    outside = _outside(tmp_path)
+    bad = str(outside / "secret.png") if bad == "ABSOLUTE" else bad
+    rows = [dict(QA_ROWS[0]), dict(QA_ROWS[1], image={"bytes": None, "path": bad})]
+    root = write_qa(tmp_path / "ds", rows)
+    touched = untouched(monkeypatch, outside)
+    with pytest.raises(InputError) as error:
+        load_vidore(root)
+    assert str(error.value).startswith(
+        f"{root / 'data' / SHARD} row 1 (docs/b.png) image path: the path {bad!r} ")
+    assert f"must lie inside the dataset folder {root}." in str(error.value)
+    assert touched == []
+
+
+def test_a_corpus_image_path_leaving_the_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outside = _outside(tmp_path)
+    corpus = [{"corpus-id": 0, "image": {"bytes": None, "path": "../outside/secret.png"}}]
+    root = _beir(tmp_path / "ds", corpus=corpus)
+    touched = untouched(monkeypatch, outside)
+    with pytest.raises(InputError, match=re.escape(f"{root / 'corpus' / SHARD} row 0 (0) image path: the path "
+                                                   "'../outside/secret.png' climbs out of the folder")):
+        load_vidore(root)
+    assert touched == []
+
+
+def test_the_path_beside_an_images_bytes_is_never_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Hugging Face keeps the name of the file an image came from beside its bytes; the bytes are
+    # the image, the name is never opened, so it loads whatever it says.
+    outside = _outside(tmp_path)
+    rows = [dict(QA_ROWS[0], image={"bytes": _png(30), "path": str(outside / "secret.png")})]
+    root = write_qa(tmp_path / "ds", rows)
+    touched = untouched(monkeypatch, outside)
+    [item] = load_vidore(root).items
+    assert Path(item.source).parent == root / ".mmrank-pages" and _size(item.source) == (30, 20)
+    assert touched == []
+
+
+def test_nested_and_symlinked_image_paths_still_load(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    (root / "pages" / "a").mkdir(parents=True)
+    Image.new("RGB", (12, 34)).save(root / "pages" / "a" / "b.png")
+    disk = tmp_path / "other-disk"
+    disk.mkdir()
+    Image.new("RGB", (56, 78)).save(disk / "c.png")
+    (root / "linked").symlink_to(disk, target_is_directory=True)
+    rows = [{"query": "q", "image": {"bytes": None, "path": "pages/a/b.png"}, "image_filename": "b.png",
+             "answer": None},
+            {"query": "r", "image": {"bytes": None, "path": "linked/c.png"}, "image_filename": "c.png",
+             "answer": None}]
+    dataset = load_vidore(write_qa(root, rows))
+    assert [item.source for item in dataset.items] == [str(root / "pages" / "a" / "b.png"),
+                                                        str(root / "linked" / "c.png")]
+    assert _size(dataset.items[1].source) == (56, 78)

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from mmrank.errors import InputError, ModelUnavailableError
+from mmrank.errors import InputError, ModelReplyError, ModelUnavailableError
 from mmrank.mllm.handle import ModelHandle
 
 URL = "http://gpu:8000/v1"
@@ -146,8 +146,29 @@ def test_available_with_keep_order_reports_why_and_warns(monkeypatch, caplog) ->
 def test_available_with_fail_raises(monkeypatch, caplog) -> None:
     unavailable(monkeypatch, ModelUnavailableError("gone"))
     with caplog.at_level(logging.WARNING, logger="mmrank"), pytest.raises(ModelUnavailableError, match="^gone$"):
-        ModelHandle("org/model").available("my-stage")
+        ModelHandle("org/model", on_unavailable="fail").available("my-stage")
     assert caplog.records == []
+
+
+def test_keep_order_is_the_default(monkeypatch, caplog) -> None:
+    unavailable(monkeypatch, ModelUnavailableError("gone"))
+    assert ModelHandle().on_unavailable == "keep-order"
+    with caplog.at_level(logging.WARNING, logger="mmrank"):
+        assert ModelHandle("org/model").available("my-stage") == (None, "gone")
+    assert [record.getMessage() for record in caplog.records] == ["my-stage: keeping the incoming order: gone"]
+
+
+def test_unavailable_warns_or_raises_for_a_fault_during_a_call(caplog) -> None:
+    error = ModelReplyError("The MLLM server at http://gpu:8000/v1 sent a reply that is not an OpenAI chat "
+                            "completion: empty 'choices'.")
+    with caplog.at_level(logging.WARNING, logger="mmrank"):
+        assert ModelHandle("served", url=URL).unavailable(error, "grid") == str(error)
+    [record] = caplog.records
+    assert record.getMessage() == f"grid: keeping the incoming order: {error}"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mmrank"), pytest.raises(ModelReplyError) as raised:
+        ModelHandle("served", url=URL, on_unavailable="fail").unavailable(error, "grid")
+    assert raised.value is error and caplog.records == []
 
 
 def test_keep_order_covers_an_unavailable_model_only(monkeypatch) -> None:
@@ -161,7 +182,7 @@ def test_a_real_missing_folder(tmp_path) -> None:
     model, problem = ModelHandle(folder, on_unavailable="keep-order").available("s")
     assert model is None and folder in problem and "folder does not exist" in problem
     with pytest.raises(ModelUnavailableError, match="no-such-model"):
-        ModelHandle(folder).available("s")
+        ModelHandle(folder, on_unavailable="fail").available("s")
 
 
 # ------------------------------------------------------------------- the handle

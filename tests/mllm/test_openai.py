@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 from tests.tiny_mllm import sample_conversations
 
-from mmrank.errors import InputError, MMRankError, ModelUnavailableError
+from mmrank.errors import InputError, ModelReplyError, ModelUnavailableError
 from mmrank.mllm import (
     HFVisionLanguageModel,
     OpenAICompatibleModel,
     VisionLanguageModel,
     load_mllm,
 )
-from mmrank.mllm.base import choice_variants
+from mmrank.mllm.base import Generation, choice_variants
 from mmrank.mllm.hf import DEFAULT_MAX_PIXELS
 from mmrank.mllm.openai import choice_log_probs
 
@@ -156,6 +156,58 @@ def _as_qwen_message(message: dict[str, Any]) -> dict[str, Any]:
 
 def _error(message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": "BadRequestError", "code": 400}}
+
+
+class FaultyServer:
+    """An OpenAI-compatible API that goes wrong: every chat request gets ``reply`` and
+    ``/v1/models`` gets ``models``, each a (status, Content-Type or None, body) triple; a body that
+    is not bytes is sent as JSON. ``requests`` counts the chat requests. Error statuses come with
+    ``Retry-After-Ms: 1``, which the SDK's retries honour, so that tests going through them stay
+    fast. A context manager: serving on a free local port at ``url`` while inside it.
+    """
+
+    def __init__(self, reply: tuple = (500, "application/json", {"error": {"message": "the engine died"}}),
+                 models: tuple = (200, "application/json", {"object": "list", "data": [{"id": SERVED_NAME}]})) -> None:
+        self.reply, self.models = reply, models
+        self.requests = 0
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
+
+    def __enter__(self) -> FaultyServer:
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                self._send(*server.models)
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers["Content-Length"]))
+                server.requests += 1
+                self._send(*server.reply)
+
+            def _send(self, status: int, content_type: str | None, body: Any) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                if content_type:
+                    self.send_header("Content-Type", content_type)
+                if status >= 400:
+                    self.send_header("Retry-After-Ms", "1")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
 
 
 @pytest.fixture(scope="module")
@@ -291,8 +343,176 @@ def test_a_failed_request_is_retried(server: TinyQwenServer) -> None:
     assert retried == expected
     assert server.chat_requests - before == 2
     server.fail_next = 1
-    with pytest.raises(MMRankError, match="answered 500: .*hiccuped"):
+    with pytest.raises(ModelUnavailableError, match="answered 500: .*hiccuped"):
         OpenAICompatibleModel(server.url, max_retries=0).generate(conversations, max_new_tokens=4)
+
+
+def test_retries_default_to_three() -> None:
+    with FaultyServer() as faulty:
+        model = OpenAICompatibleModel(faulty.url, "any")
+        assert model.max_retries == model._client.max_retries == 3
+        with pytest.raises(ModelUnavailableError, match="answered 500 after 3 retries"):
+            model.generate(sample_conversations(1), max_new_tokens=1)
+        assert faulty.requests == 4
+    with pytest.raises(InputError, match="max_retries >= 0 and timeout > 0"):
+        OpenAICompatibleModel("http://h:1", "any", max_retries=-1)
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_a_server_that_keeps_failing_is_unavailable_after_the_retries(status: int) -> None:
+    with FaultyServer((status, "application/json", {"error": {"message": "the engine died"}})) as faulty:
+        model = OpenAICompatibleModel(faulty.url, "any", max_retries=2, timeout=5)
+        for ask in (lambda: model.generate(sample_conversations(1), max_new_tokens=1),
+                    lambda: model.choice_probability(sample_conversations(1), ["Yes", "No"])):
+            before = faulty.requests
+            with pytest.raises(ModelUnavailableError) as error:
+                ask()
+            assert faulty.requests - before == 1 + 2
+            assert type(error.value) is ModelUnavailableError
+            assert str(error.value).startswith(f"The MLLM server at {faulty.url} answered {status} after 2 retries: "
+                                               "'the engine died'. The server failed or is overloaded")
+            assert "\n" not in str(error.value)
+
+
+def test_an_http_error_names_the_server_the_status_and_its_message() -> None:
+    page = b"<html>\n<head><title>502 Bad Gateway</title></head>\n<body><center>nginx</center></body></html>"
+    cases = [((502, "text/html", page), "answered 502 after 1 retry: '502 Bad Gateway nginx'."),
+             ((500, None, b""), "answered 500 after 1 retry: no message."),
+             ((500, "application/json", {"object": "error", "message": "CUDA out of memory", "code": 500}),
+              "answered 500 after 1 retry: 'CUDA out of memory'."),
+             ((401, "application/json", {"error": {"message": "bad key"}}),
+              "answered 401: 'bad key'. Check the API key"),
+             ((400, "application/json", {"error": {"message": "prompt too long"}}),
+              "answered 400: 'prompt too long'. The server refused the request")]
+    for reply, expected in cases:
+        with FaultyServer(reply) as faulty, pytest.raises(ModelUnavailableError) as error:
+            OpenAICompatibleModel(faulty.url, "any", max_retries=1).generate(sample_conversations(1))
+        assert f"The MLLM server at {faulty.url} {expected}" in str(error.value)
+        assert faulty.requests == (1 if reply[0] < 500 else 2)  # 400 and 401 are not retried
+
+
+def test_a_failed_request_drops_the_requests_not_yet_sent() -> None:
+    with FaultyServer() as faulty, pytest.raises(ModelUnavailableError):
+        OpenAICompatibleModel(faulty.url, "any", max_retries=0, concurrency=1).generate(sample_conversations(5))
+    assert faulty.requests == 1
+
+
+def test_a_server_that_goes_away_is_unavailable() -> None:
+    with FaultyServer((200, "application/json", {})) as faulty:
+        model = OpenAICompatibleModel(faulty.url, max_retries=1, timeout=2)  # asks /v1/models
+        assert model.model == SERVED_NAME
+    start = time.monotonic()
+    with pytest.raises(ModelUnavailableError) as error:
+        model.choice_probability(sample_conversations(2), ["Yes", "No"])
+    assert time.monotonic() - start < 5
+    assert type(error.value) is ModelUnavailableError
+    assert str(error.value).startswith(f"Cannot reach the MLLM server at {faulty.url} (")
+    assert "1 retry, timeout 2 s): is it running?" in str(error.value)
+
+
+# ------------------------------------------------------------------------ malformed replies
+def completion(message: Any = None, logprobs: Any = None, **fields: Any) -> dict[str, Any]:
+    """A chat completion with one choice; ``message`` defaults to an answer 'Yes'."""
+    choice = {"index": 0, "finish_reason": "stop", "logprobs": logprobs,
+              "message": {"role": "assistant", "content": "Yes"} if message is None else message}
+    return {"id": "c", "object": "chat.completion", "created": 0, "model": SERVED_NAME, "choices": [choice], **fields}
+
+
+def top(*entries: Any) -> dict[str, Any]:
+    """``logprobs`` of one generated token with the given ``top_logprobs`` entries."""
+    return {"content": [{"token": "Yes", "logprob": -0.1, "top_logprobs": list(entries)}]}
+
+
+JSON = "application/json"
+MALFORMED = {  # what the server sends: (status, Content-Type, body), and what the error says is wrong
+    "an HTML page": ((200, "text/html", b"<html><body><h1>Welcome to nginx!</h1></body></html>"),
+                     "its body is text/html, not JSON: 'Welcome to nginx!'; is {url} the address of an "
+                     "OpenAI-compatible API (vLLM, SGLang)?"),
+    "plain text": ((200, "text/plain", b"OK"), "its body is text/plain, not JSON: 'OK'"),
+    "HTML labelled JSON": ((200, JSON, b"<html>oops</html>"),
+                           "its body is not valid JSON (Expecting value: line 1 column 1 (char 0)): "
+                           "'<html>oops</html>'."),
+    "truncated JSON": ((200, JSON, b'{"id": "c", "choices": [{"index": 0, "mess'),
+                       "its body is not valid JSON (Unterminated string starting at: line 1 column 38 (char 37)): "
+                       "'{\"id\": \"c\", \"choices\": [{\"index\": 0, \"mess'."),
+    "an empty body": ((200, JSON, b""), "its body is not valid JSON (Expecting value: line 1 column 1 (char 0)): "
+                                        "an empty body."),
+    "a JSON list": ((200, JSON, [1, 2]), "its body is JSON but not an object: '[1, 2]'."),
+    "no choices": ((200, JSON, {"id": "c", "object": "chat.completion"}), "no 'choices' list ("),
+    "empty choices": ((200, JSON, {"choices": []}), "empty 'choices' ('{\"choices\": []}')."),
+    "an error object": ((200, JSON, {"object": "error", "message": "engine dead"}),
+                        "no 'choices' list (it says: 'engine dead')."),
+    "a choice without a message": ((200, JSON, {"choices": [{"index": 0, "finish_reason": "stop"}]}),
+                                   "a choice without a 'message' ("),
+    "a message without content": ((200, JSON, completion({"role": "assistant"})),
+                                  "a message without a text 'content' ('{\"role\": \"assistant\"}')."),
+    "a content that is not text": ((200, JSON, completion({"role": "assistant", "content": 3})),
+                                   "a message without a text 'content' ("),
+}
+MALFORMED_SCORES = {  # replies good enough for generate, not for choice_probability
+    "no logprobs": ((200, JSON, completion()), "no 'logprobs' for the generated token, though the request asked "
+                                               "for logprobs and top_logprobs=20."),
+    "empty logprobs": ((200, JSON, completion(logprobs={"content": []})), "no 'logprobs' for the generated token"),
+    "no top_logprobs": ((200, JSON, completion(logprobs={"content": [{"token": "Yes", "logprob": -0.1}]})),
+                        "no 'top_logprobs' for the generated token, though the request asked for top_logprobs=20."),
+    "a top_logprobs entry without a logprob": ((200, JSON, completion(logprobs=top({"token": "Yes"}))),
+                                               "a 'top_logprobs' entry without a token and its logprob "
+                                               "('{\"token\": \"Yes\"}')."),
+    "a logprob that is not a number": ((200, JSON, completion(logprobs=top({"token": "No", "logprob": "-1"}))),
+                                       "a 'top_logprobs' entry without a token and its logprob ("),
+}
+
+
+def asking(model: OpenAICompatibleModel, what: str):
+    conversations = sample_conversations(2)
+    if what == "generate":
+        return lambda: model.generate(conversations, max_new_tokens=2)
+    return lambda: model.choice_probability(conversations, ["Yes", "No"])
+
+
+@pytest.mark.parametrize("case", [*(f"{name}|{ask}" for name in MALFORMED for ask in ("generate", "scores")),
+                                  *(f"{name}|scores" for name in MALFORMED_SCORES)])
+def test_a_malformed_reply_is_one_clear_error(case: str) -> None:
+    name, what = case.split("|")
+    reply, problem = {**MALFORMED, **MALFORMED_SCORES}[name]
+    with FaultyServer(reply) as faulty, pytest.raises(ModelReplyError) as error:
+        asking(OpenAICompatibleModel(faulty.url, "any", max_retries=2), what)()
+    message = str(error.value)
+    assert type(error.value) is ModelReplyError and isinstance(error.value, ModelUnavailableError)
+    expected = f"The MLLM server at {faulty.url} sent a reply that is not an OpenAI chat completion: "
+    assert message.startswith(expected + problem.replace("{url}", faulty.url)), message
+    assert "\n" not in message
+    assert faulty.requests <= 2  # a reply that came is not retried (two conversations, two requests at most)
+
+
+def test_replies_good_enough_for_generation() -> None:
+    """A null content is an empty answer, and ``usage`` is optional; logprobs only matter for scores."""
+    for body, text in ((completion({"role": "assistant", "content": None}), ""), (completion(), "Yes")):
+        with FaultyServer((200, JSON, body)) as faulty:
+            model = OpenAICompatibleModel(faulty.url, "any")
+            assert model.generate(sample_conversations(1)) == [Generation(text, 0, 0)]
+    scored = completion(logprobs=top({"token": "Yes", "logprob": -0.5}, {"token": " No", "logprob": -1.5},
+                                     {"token": "Maybe", "logprob": -2.0}), usage={"prompt_tokens": 7})
+    with FaultyServer((200, JSON, scored)) as faulty:
+        model = OpenAICompatibleModel(faulty.url, "any")
+        np.testing.assert_allclose(model.choice_probability(sample_conversations(1), ["Yes", "No"]),
+                                   [[1 / (1 + np.exp(-1.0)), 1 / (1 + np.exp(1.0))]])
+        assert model.usage.input_tokens == 7
+
+
+@pytest.mark.parametrize(("models", "problem"), [
+    ((200, "text/html", b"<html>Jupyter</html>"), "its body is text/html, not JSON: 'Jupyter'"),
+    ((200, JSON, {"object": "list"}), "no 'data' list of models with an 'id' ('{\"object\": \"list\"}')."),
+    ((200, JSON, {"data": [{"object": "model"}]}), "no 'data' list of models with an 'id' ("),
+])
+def test_a_malformed_model_list_is_one_clear_error(models: tuple, problem: str) -> None:
+    with FaultyServer(models=models) as faulty, pytest.raises(ModelReplyError) as error:
+        OpenAICompatibleModel(faulty.url)
+    assert str(error.value).startswith(
+        f"The MLLM server at {faulty.url} sent a reply that is not an OpenAI model list: {problem}")
+    with FaultyServer(models=(200, JSON, {"data": []})) as faulty, pytest.raises(ModelUnavailableError) as error:
+        OpenAICompatibleModel(faulty.url)
+    assert str(error.value) == f"The MLLM server at {faulty.url} serves no model."
 
 
 def test_unknown_served_model_is_unavailable(server: TinyQwenServer) -> None:

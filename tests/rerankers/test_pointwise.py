@@ -186,7 +186,8 @@ def test_missing_model_keeps_the_order_or_fails_naming_it(photos, tmp_path, capl
     assert all(h.stages["pointwise"].score is None and folder in h.stages["pointwise"].note for h in kept)
     assert [r.levelname for r in caplog.records] == ["WARNING"] and "keeping the incoming order" in caplog.text
     with pytest.raises(ModelUnavailableError, match="no-such-model.*folder does not exist"):
-        PointwiseReranker(model=folder).rerank(first.query, first, photos)
+        PointwiseReranker(model=folder, on_unavailable="fail").rerank(first.query, first, photos)
+    assert PointwiseReranker(model=folder).rerank(first.query, first, photos).ids == first.ids  # the default
 
 
 def test_docqa_ragllava_yaml_runs_end_to_end_on_the_sample_pdfs(docs, tiny_mllm_dir):

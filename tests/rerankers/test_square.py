@@ -14,14 +14,15 @@ from hypothesis import strategies as st
 
 from mmrank.captions import CaptionCache, caption_key, image_digest
 from mmrank.encoders.base import l2_normalize
-from mmrank.errors import InputError
+from mmrank.errors import InputError, ModelUnavailableError
+from mmrank.mllm.base import Generation
 from mmrank.fusion import compose_query_vector, fuse_caption_vector
 from mmrank.mllm.parsing import parse_json_ranking
 from mmrank.mllm.prompts import GRID_ANSWER_PREFIX
 from mmrank.pipeline import Pipeline
 from mmrank.rerankers import create_reranker
 from mmrank.rerankers.grid import GridReranker, read_answer
-from mmrank.rerankers.sqaf import NOT_COMPOSED, CaptionFusionReranker, clean_caption
+from mmrank.rerankers.sqaf import EMPTY_CAPTION, NOT_COMPOSED, CaptionFusionReranker, clean_caption
 from mmrank.retrieval import HybridRetriever
 from mmrank.types import Hit, Item, Query, Ranking
 from tests.paths import IMAGES
@@ -166,12 +167,78 @@ def test_sqaf_keeps_the_order_of_queries_it_cannot_caption(photos, tmp_path):
     stage = CaptionFusionReranker(model=MISSING_MODEL, cache=False)
     kept = stage.rerank(text_query, ranking, photos)
     assert kept.order_after("sqaf") == ranking.ids and all(h.stages["sqaf"].note == NOT_COMPOSED for h in kept)
-    unavailable = CaptionFusionReranker(model=MISSING_MODEL, cache=False, on_unavailable="keep-order")
+    unavailable = CaptionFusionReranker(model=MISSING_MODEL, cache=False)  # keep-order, the default
     result = unavailable.rerank(composed(), first_stage(photos, composed()), photos)
     assert result.order_after("sqaf") == first_stage(photos, composed()).ids
-    assert "no caption" in result[0].stages["sqaf"].note
-    with pytest.raises(Exception, match="not available"):
-        CaptionFusionReranker(model=MISSING_MODEL, cache=False).rerank(composed(), ranking, photos)
+    assert {h.stages["sqaf"].note for h in result} == {
+        f"model unavailable: {unavailable.handle.available()[1]}"}
+    assert MISSING_MODEL in result[0].stages["sqaf"].note
+    with pytest.raises(ModelUnavailableError, match="not available"):
+        CaptionFusionReranker(model=MISSING_MODEL, cache=False, on_unavailable="fail").rerank(
+            composed(), ranking, photos)
+
+
+class FlakyCaptioner:
+    """A ready model that writes "a photo of a rocket" for every query, except in the calls numbered
+    in ``failing`` (from 1), which raise ModelUnavailableError as a server gone away would."""
+
+    name = "flaky-captioner"
+
+    def __init__(self, failing=()) -> None:
+        self.failing, self.calls, self.asked = set(failing), 0, 0
+
+    def generate(self, conversations, **options):
+        self.calls += 1
+        if self.calls in self.failing:
+            raise ModelUnavailableError("The MLLM server at http://gpu:8000/v1 answered 500 after 3 retries: 'oops'.")
+        self.asked += len(conversations)
+        return [Generation("Caption: a photo of a rocket", 0, 0) for _ in conversations]
+
+
+def test_sqaf_keeps_captions_written_before_a_failure_and_the_order_of_the_rest(photos, tmp_path, caplog):
+    queries = [composed("make it a dog"), composed("make it red"), composed("make it tiny")]
+    rankings = [first_stage(photos, query) for query in queries]
+    model = FlakyCaptioner(failing={2})
+    stage = CaptionFusionReranker(model=model, cache=tmp_path / "c.sqlite", batch_size=1)
+    with caplog.at_level("WARNING", logger="mmrank"):
+        results = stage.rerank_batch(queries, rankings, photos)
+    assert model.calls == 3 and model.asked == 2  # the third query was still asked
+    assert [r.explanations.get("sqaf") for r in results] == [("a photo of a rocket",), None, ("a photo of a rocket",)]
+    assert results[1].order_after("sqaf") == rankings[1].ids
+    assert {h.stages["sqaf"].note for h in results[1]} == {
+        "model unavailable: The MLLM server at http://gpu:8000/v1 answered 500 after 3 retries: 'oops'."}
+    assert results[0].order_after("sqaf") != rankings[0].ids and results[0][0].stages["sqaf"].note is None
+    assert "sqaf: keeping the incoming order: The MLLM server" in caplog.text
+    cached = stage.captions_cache.get_many([stage.cache_key(query) for query in queries])
+    assert set(cached) == {stage.cache_key(queries[0]), stage.cache_key(queries[2])}
+    # Run again: only the missing caption is asked for.
+    again = FlakyCaptioner()
+    assert CaptionFusionReranker(model=again, cache=tmp_path / "c.sqlite").captions(queries) == (
+        ["a photo of a rocket"] * 3)
+    assert again.asked == 1
+
+
+def test_sqaf_fails_on_a_failed_call_with_fail_after_caching_what_it_wrote(photos, tmp_path):
+    queries = [composed("make it a dog"), composed("make it red")]
+    stage = CaptionFusionReranker(model=FlakyCaptioner(failing={2}), cache=tmp_path / "c.sqlite", batch_size=1,
+                                  on_unavailable="fail")
+    with pytest.raises(ModelUnavailableError, match="answered 500"):
+        stage.rerank_batch(queries, [first_stage(photos, query) for query in queries], photos)
+    assert list(stage.captions_cache.get_many([stage.cache_key(query) for query in queries])) == [
+        stage.cache_key(queries[0])]
+
+
+def test_sqaf_notes_an_empty_caption(photos):
+    class Silent:
+        name = "silent"
+
+        def generate(self, conversations, **options):
+            return [Generation("  \n", 0, 0) for _ in conversations]
+
+    query = composed()
+    result = CaptionFusionReranker(model=Silent(), cache=False).rerank(query, first_stage(photos, query), photos)
+    assert result.order_after("sqaf") == first_stage(photos, query).ids
+    assert {h.stages["sqaf"].note for h in result} == {EMPTY_CAPTION}
 
 
 def test_sqaf_options_are_checked():
