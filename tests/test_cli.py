@@ -18,7 +18,6 @@ from tests.sample_files import make_image, make_messy_folder, make_pdf
 from tests.paths import ASSETS
 
 
-
 def test_help_is_fast_and_imports_nothing_heavy():
     code = ("import sys, time; t = time.perf_counter(); from mmrank.cli import app; "
             "import mmrank; heavy = {'torch', 'faiss', 'open_clip', 'fitz', 'pymupdf', 'transformers'} & set(sys.modules); "

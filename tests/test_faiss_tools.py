@@ -14,34 +14,28 @@ import pytest
 
 from mmrank import faiss_tools
 from mmrank.errors import InputError, MMRankError
+from tests import vectors as sample_vectors
 from tests.paths import REPO
 
 DIM = 32
 
 
 def unit(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    vectors = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return sample_vectors.unit(n, dim, seed)
 
 
 def clustered(n: int, clusters: int = 16, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((clusters, dim))
-    vectors = centers[rng.integers(0, clusters, n)] + 0.3 * rng.standard_normal((n, dim))
-    vectors = vectors.astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return sample_vectors.clustered(n, dim, clusters, seed)
 
 
 def scattered_labels(n: int, seed: int = 0) -> np.ndarray:
-    """Labels that are neither positions nor in order, so a search that returned positions would fail."""
-    return np.random.default_rng(seed).permutation(1000 + 7 * np.arange(n)).astype(np.int64)
+    return sample_vectors.scattered_labels(n, 1000, 7, seed)
 
 
 def brute_force(database: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, labels) of the ``k`` best rows per query, as FaissStore.search returns them."""
-    scores = queries @ database.T
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, order, axis=1), labels[order]
+    order, scores = sample_vectors.exact_top_k(database, queries, k)
+    return scores, labels[order]
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:

@@ -14,32 +14,25 @@ import pytest
 from mmrank import faiss_tools
 from mmrank.errors import CollectionError, InputError, MMRankError
 from mmrank.index import VectorIndex
+from tests import vectors as sample_vectors
 from tests.paths import REPO
 
 DIM = 32
 
 
 def unit(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    vectors = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return sample_vectors.unit(n, dim, seed)
 
 
 def clustered(n: int, clusters: int = 16, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((clusters, dim))
-    vectors = centers[rng.integers(0, clusters, n)] + 0.3 * rng.standard_normal((n, dim))
-    vectors = vectors.astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return sample_vectors.clustered(n, dim, clusters, seed)
 
 
 def names(n: int) -> list[str]:
     return [f"item-{i}" for i in range(n)]
 
 
-def brute_force(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    scores = queries @ database.T
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return order, np.take_along_axis(scores, order, axis=1)
+brute_force = sample_vectors.exact_top_k
 
 
 def recall(found: list[list[str]], truth: list[list[str]]) -> float:

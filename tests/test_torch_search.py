@@ -13,25 +13,23 @@ import torch
 from mmrank import faiss_tools
 from mmrank.errors import InputError
 from mmrank.torch_search import TorchExactSearch
+from tests import vectors as sample_vectors
 
 DIM = 24
 
 
 def unit(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    vectors = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return sample_vectors.unit(n, dim, seed)
 
 
 def scattered_labels(n: int, seed: int = 0) -> np.ndarray:
-    """Labels that are neither positions nor in order, so a search that returned rows would fail."""
-    return np.random.default_rng(seed).permutation(5000 + 3 * np.arange(n)).astype(np.int64)
+    return sample_vectors.scattered_labels(n, 5000, 3, seed)
 
 
 def brute_force(database: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, labels) of the ``k`` best rows per query, as TorchExactSearch.search returns them."""
-    scores = queries @ database.T
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, order, axis=1), labels[order]
+    order, scores = sample_vectors.exact_top_k(database, queries, k)
+    return scores, labels[order]
 
 
 def filled(database: np.ndarray, labels: np.ndarray, **options) -> TorchExactSearch:

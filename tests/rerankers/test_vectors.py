@@ -30,7 +30,6 @@ from mmrank.types import Query
 from tests.paths import ASSETS, IMAGES
 
 
-
 def test_superglobal_stage_reranks_the_top_m_from_stored_vectors(photos):
     retriever = HybridRetriever(paths=["image"])
     pipeline = Pipeline(photos, retriever, [SuperGlobalReranker(m=5, k=2)])
