@@ -20,6 +20,7 @@ from mmrank.rerankers import RERANKERS
 from mmrank.resources import bundled_pipelines
 
 REPORT_HITS = 10  # hits per query on an eval --report sheet
+SNIPPET_CHARS = 70  # of a hit's snippet in the terminal table
 
 app = typer.Typer(
     name="mmrank",
@@ -420,10 +421,14 @@ def demo(
 def _results_table(ranking) -> str:
     from mmrank.report import format_table
 
+    from mmrank.text import snippet
+
+    question = ranking.query.search_text or ""
     rows = [[str(rank), f"{hit.score:.4f}", Path(hit.item.source).name if hit.item.source else hit.item.id,
-             str(hit.item.page or ""), "+".join(hit.found_by)]
+             str(hit.item.page or ""), "+".join(hit.found_by),
+             snippet(hit.snippet, question, width=SNIPPET_CHARS) if hit.snippet else ""]
             for rank, hit in enumerate(ranking.hits, start=1)]
-    return format_table(["rank", "score", "source", "page", "found by"], rows)
+    return format_table(["rank", "score", "source", "page", "found by", "snippet"], rows)
 
 
 def _fail(message: str) -> None:

@@ -163,17 +163,20 @@ class Collection:
             "files": counts["files"],
             "with_text": self.store.count_with_text(),
             "spaces": {
-                name: {"encoder": space.encoder, "dim": space.dim, "vectors": counts["vectors"].get(name, 0)}
+                name: {"encoder": space.encoder, "dim": space.dim, "vectors": counts["vectors"].get(name, 0),
+                       **({"passages": {"words": space.passages[0], "overlap": space.passages[1]}}
+                          if space.passages else {})}
                 for name, space in self.spaces.items()
             },
             "index": self.index_factory,
         }
 
     # ----------------------------------------------------------------- encoders
-    def bind_encoder(self, space: str, encoder: str, dim: int) -> None:
-        """Record which encoder fills ``space``; refuse an encoder other than the recorded one."""
+    def bind_encoder(self, space: str, encoder: str, dim: int, passages: tuple[int, int] | None = None) -> Space:
+        """Record which encoder fills ``space`` (and how a new text space splits texts into
+        ``passages``); refuse an encoder other than the recorded one. Returns the space as recorded."""
         with self.writing():
-            self.manifest.bind_encoder(space, encoder, dim)
+            return self.manifest.bind_encoder(space, encoder, dim, passages)
 
     def check_encoder(self, space: str, encoder: str, dim: int | None = None) -> None:
         """Raise EncoderMismatchError unless ``encoder`` is the one this space was built with."""
@@ -247,9 +250,15 @@ class Collection:
         return matrix
 
     def stored_vectors(self, ids: Sequence[str], space: str) -> tuple[list[str], np.ndarray]:
-        """The ids among ``ids`` that have a vector in ``space`` (in the given order), and those
-        vectors as a float32 matrix."""
+        """The ids among ``ids`` that have a vector in ``space`` (in the given order), and their
+        first vectors as a float32 matrix (an item split into passages has one per passage: see
+        :meth:`item_vectors`)."""
         return self.store.stored_vectors(ids, space, self.manifest.space(space).dim)
+
+    def item_vectors(self, ids: Sequence[str], space: str) -> tuple[list[str], np.ndarray]:
+        """Every vector in ``space`` of the items ``ids`` (all their passages), one row each, with
+        the item id of each row."""
+        return self.store.item_vectors(ids, space, self.manifest.space(space).dim)
 
     # ----------------------------------------------------------------- search
     def search_vectors(self, space: str, queries: np.ndarray, k: int, *, encoder: str | None = None,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmrank.errors import InputError
+from mmrank.text import normalize_text
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -23,12 +24,41 @@ def check_dpi(dpi: int) -> int:
     return dpi
 
 
+OCR_MODES = ("auto", "off", "force")
+OCR_DPI = 300
+
+
 @dataclass(frozen=True)
 class PdfPage:
-    """One page's text layer; ``number`` is 1-based."""
+    """One page's text; ``number`` is 1-based; ``ocr`` when the text was read by OCR."""
 
     number: int
     text: str
+    ocr: bool = False
+
+
+def ocr_available() -> bool:
+    """Whether Tesseract (and its language data) is installed, so pages can be read by OCR."""
+    import shutil
+
+    import pymupdf
+
+    if shutil.which("tesseract") is None:
+        return False
+    try:
+        return bool(pymupdf.get_tessdata())
+    except RuntimeError:
+        return False
+
+
+def check_ocr(mode: str) -> str:
+    """``mode`` after an InputError unless it is one of OCR_MODES, or ``force`` without Tesseract."""
+    if mode not in OCR_MODES:
+        raise InputError(f"OCR mode must be one of {', '.join(OCR_MODES)}; got {mode!r}.")
+    if mode == "force" and not ocr_available():
+        raise InputError("--ocr force needs Tesseract, which is not installed (Debian/Ubuntu: apt-get install "
+                         "tesseract-ocr).")
+    return mode
 
 
 def _open_pdf(path: Path):
@@ -58,22 +88,31 @@ class PdfText:
     repaired: bool
 
 
-def read_pdf(path: str | Path) -> PdfText:
-    """The text layer of every page, in order. A file that cannot be opened, or a page that
-    cannot be read, raises InputError naming the file and the reason."""
+def read_pdf(path: str | Path, ocr: str = "off") -> PdfText:
+    """The text of every page, in order, normalised (:func:`mmrank.text.normalize_text`): the text
+    layer, or with ``ocr="auto"`` Tesseract's reading of a page without one (when Tesseract is
+    installed), or with ``ocr="force"`` Tesseract's reading of every page. A file that cannot be
+    opened, or a page that cannot be read, raises InputError naming the file and the reason."""
     import pymupdf
 
     path = Path(path)
+    check_ocr(ocr)
+    use_ocr = ocr == "force" or (ocr == "auto" and ocr_available())
     document = _open_pdf(path)
     flags = pymupdf.TEXTFLAGS_TEXT & ~pymupdf.TEXT_PRESERVE_LIGATURES  # "ﬁ" -> "fi", so words match
     pages = []
     try:
         for index in range(document.page_count):
             try:
-                text = document.load_page(index).get_text("text", flags=flags)
+                page = document.load_page(index)
+                text = "" if ocr == "force" else page.get_text("text", flags=flags)
+                read_by_ocr = use_ocr and not text.strip()
+                if read_by_ocr:
+                    textpage = page.get_textpage_ocr(language="eng", dpi=OCR_DPI, full=True)
+                    text = page.get_text("text", flags=flags, textpage=textpage)
             except Exception as error:
                 raise InputError(f"{path}: page {index + 1} cannot be read ({error}).") from error
-            pages.append(PdfPage(number=index + 1, text=text.strip()))
+            pages.append(PdfPage(number=index + 1, text=normalize_text(text), ocr=read_by_ocr))
         return PdfText(pages=pages, repaired=bool(document.is_repaired))
     finally:
         document.close()

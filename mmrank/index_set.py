@@ -23,7 +23,7 @@ from mmrank.locking import WriterLock
 if TYPE_CHECKING:
     from mmrank.index import VectorIndex
     from mmrank.item_store import ItemStore
-    from mmrank.lexical import BM25Index
+    from mmrank.lexical import BM25Index, BM25Settings
     from mmrank.manifest import Manifest
 
 logger = logging.getLogger("mmrank")
@@ -51,6 +51,27 @@ def search_among(queries: Sequence[QueryT], among: Sequence[Iterable[str] | None
     return results
 
 
+def vector_key(item_id: str, part: int) -> str:
+    """The key of one of an item's vectors in an index where items own several: ``<part>\x1f<id>``."""
+    return f"{part}\x1f{item_id}"
+
+
+def item_of(key: str) -> str:
+    """The item id in a :func:`vector_key`."""
+    return key.partition("\x1f")[2]
+
+
+def best_per_item(hits: Iterable[tuple[str, float]], k: int) -> Hits:
+    """The first (best) hit of each item among best-first ``hits``, up to ``k`` items."""
+    best: dict[str, float] = {}
+    for item_id, score in hits:
+        if item_id not in best:
+            best[item_id] = score
+            if len(best) == k:
+                break
+    return list(best.items())
+
+
 def _check_k(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InputError(f"k must be a positive integer; got {k!r}.")
@@ -67,6 +88,7 @@ class IndexSet:
         self.lock = lock or WriterLock(folder)
         self._vectors: dict[str, VectorIndex] = {}
         self._bm25: BM25Index | None = None
+        self._part_counts: dict[str, int] = {}
         self._revision: int | None = None  # the store revision the loaded indexes belong to
 
     # ----------------------------------------------------------------- searching
@@ -87,13 +109,19 @@ class IndexSet:
             index = self.vector_index(space)
             if not len(index):
                 return [[] for _ in rows]
-            ids, scores = index.search(np.stack(rows), k)
-            return [list(zip(row_ids, map(float, row_scores))) for row_ids, row_scores in zip(ids, scores)]
+            parts = self._parts(space)
+            # The best k items' best vectors are among the top k * parts vectors (an item has at most
+            # ``parts`` vectors), so that many are fetched and each item keeps its best one.
+            keys, scores = index.search(np.stack(rows), min(len(index), k * parts))
+            return [best_per_item(((item_of(key) if parts > 1 else key, float(score))
+                                   for key, score in zip(row_keys, row_scores)), k)
+                    for row_keys, row_scores in zip(keys, scores)]
 
         def search_subset(query: np.ndarray, subset: Iterable[str]) -> Hits:
-            found, matrix = self.store.stored_vectors(sorted(subset), space, dim)
+            row_ids, matrix = self.store.item_vectors(sorted(subset), space, dim)
             scores = matrix @ query
-            return [(found[i], float(scores[i])) for i in np.argsort(-scores, kind="stable")[:k]]
+            order = np.argsort(-scores, kind="stable")
+            return best_per_item(((row_ids[i], float(scores[i])) for i in order), k)
 
         return search_among(list(queries), among, search_all, search_subset)
 
@@ -132,7 +160,7 @@ class IndexSet:
             loaded = self._load_published(BM25, BM25Index.load)
             if loaded is None and self._publish_rebuilt():
                 loaded = self._bm25 or self._load_published(BM25, BM25Index.load)
-            self._bm25 = loaded or BM25Index.build(*self.store.texts())
+            self._bm25 = loaded or BM25Index.build(*self.store.texts(), self._bm25_settings())
         if self._bm25 is None:
             raise CollectionError(f"{self.folder}: no item has text, so there is nothing for BM25 to search.")
         return self._bm25
@@ -174,7 +202,7 @@ class IndexSet:
         if current and not force and not (repair and self.damaged()):
             return []
         (self.folder / "index").mkdir(exist_ok=True)
-        self._vectors, self._bm25, self._revision = {}, None, revision
+        self._vectors, self._bm25, self._part_counts, self._revision = {}, None, {}, revision
         files: dict[str, str] = {}
         for space in self.manifest.spaces:
             index = self._build_vector_index(space)
@@ -184,7 +212,7 @@ class IndexSet:
         if self.store.has_text:
             from mmrank.lexical import BM25Index
 
-            self._bm25 = BM25Index.build(*self.store.texts())
+            self._bm25 = BM25Index.build(*self.store.texts(), self._bm25_settings())
             files[BM25] = f"bm25.r{revision}"
             self._bm25.save(self.folder / files[BM25])
         self.manifest.publish(files, revision, self.store.counts())
@@ -193,7 +221,7 @@ class IndexSet:
 
     def forget(self) -> None:
         """Drop the loaded indexes (e.g. after the index type changed)."""
-        self._vectors, self._bm25 = {}, None
+        self._vectors, self._bm25, self._part_counts = {}, None, {}
 
     def damaged(self) -> list[str]:
         """The published indexes whose folder is missing or fails its own checks (files, checksum)."""
@@ -216,12 +244,28 @@ class IndexSet:
             if folder.is_dir() and folder.relative_to(self.folder).as_posix() not in published:
                 shutil.rmtree(folder, ignore_errors=True)
 
+    def _bm25_settings(self) -> BM25Settings:
+        from mmrank.lexical import BM25Settings
+
+        return BM25Settings(**self.manifest.bm25)
+
+    def _parts(self, space: str) -> int:
+        """The most vectors one item owns in ``space``, at the current revision."""
+        self._forget_if_stale()
+        if space not in self._part_counts:
+            self._part_counts[space] = max(1, self.store.parts_per_item(space))
+        return self._part_counts[space]
+
     def _build_vector_index(self, space: str) -> VectorIndex:
+        """A FAISS index of ``space``'s vectors. Its keys are the item ids, or, when some item owns
+        several vectors, :func:`vector_key` of each item id and part."""
         from mmrank.index import VectorIndex
 
         factory = self.manifest.index_factory
         dim = self.manifest.space(space).dim
-        ids, vectors = self.store.all_vectors(space, dim)
+        ids, parts, vectors = self.store.all_vector_parts(space, dim)
+        if self._parts(space) > 1:
+            ids = [vector_key(item_id, part) for item_id, part in zip(ids, parts)]
         index = VectorIndex(dim, factory, device=self.device)
         if ids:
             try:

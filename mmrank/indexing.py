@@ -27,6 +27,7 @@ from mmrank.errors import CollectionError, InputError, MissingDependencyError, M
 from mmrank.images import item_image
 from mmrank.ingest import Skipped, discover, fingerprint, printable, read_items
 from mmrank.item_store import VectorBatch
+from mmrank.text import split_passages
 from mmrank.types import Item
 
 ImageEncoderSource = Callable[[], ImageEncoder]
@@ -55,12 +56,20 @@ class IndexReport:
 @dataclass
 class ItemEncoder:
     """Turns items into vectors: texts through the text encoder, images and (text-less, or all when
-    ``pages_as_images``) page renders through the image encoder, loaded only when first needed."""
+    ``pages_as_images``) page renders through the image encoder, loaded only when first needed.
+
+    A text longer than the text model reads is split into overlapping passages of
+    ``passage_words`` words (``passage_overlap`` shared with the next), one vector each; by default
+    the passage length follows the model's window (:func:`default_passages`). A collection's text
+    space keeps the split it was built with.
+    """
 
     text_encoder: TextEncoder | None
     image_encoder: ImageEncoder | ImageEncoderSource | None = None
     pages_as_images: bool = False
     dpi: int = DEFAULT_DPI
+    passage_words: int | None = None
+    passage_overlap: int | None = None
 
     def spaces_for(self, item: Item) -> list[str]:
         spaces = []
@@ -85,9 +94,11 @@ class ItemEncoder:
                 wanted[space].append(item)
         vectors = {}
         if wanted["text"]:
-            collection.bind_encoder("text", self.text_encoder.name, self.text_encoder.dim)
-            vectors["text"] = ([i.id for i in wanted["text"]],
-                               self.text_encoder.encode_texts([i.text for i in wanted["text"]]))
+            space = collection.bind_encoder("text", self.text_encoder.name, self.text_encoder.dim, self.passages())
+            passages = [(item.id, passage) for item in wanted["text"]
+                        for passage in (split_passages(item.text, *space.passages) if space.passages else [item.text])]
+            vectors["text"] = ([item_id for item_id, _ in passages],
+                               self.text_encoder.encode_texts([passage for _, passage in passages]))
         if wanted["image"]:
             encoder = self.image()
             collection.bind_encoder("image", encoder.name, encoder.dim)
@@ -98,8 +109,23 @@ class ItemEncoder:
                                                 for chunk in chunks]))
         return vectors
 
+    def passages(self) -> tuple[int, int]:
+        """(words, overlap) of the passages texts are split into: the options, else the defaults
+        for the text model's window."""
+        words, overlap = default_passages(getattr(self.text_encoder, "max_tokens", None))
+        words = self.passage_words or words
+        return words, overlap if self.passage_overlap is None else self.passage_overlap
+
     def _image_of(self, item: Item):
         return item_image(item, self.dpi) if item.kind == "page" else item.source
+
+
+def default_passages(max_tokens: int | None) -> tuple[int, int]:
+    """(words, overlap) of passages that fit a text model reading ``max_tokens`` word pieces (about
+    1.6 pieces a word in technical English, plus the model's two special tokens), a quarter of
+    each shared with the next; (160, 40) when the window is unknown."""
+    words = 160 if not max_tokens else max(16, int((max_tokens - 2) / 1.6))
+    return words, words // 4
 
 
 def index_paths(

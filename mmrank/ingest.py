@@ -82,16 +82,17 @@ def fingerprint(path: Path) -> Fingerprint:
     return Fingerprint(size=stat.st_size, mtime_ns=stat.st_mtime_ns, sha256=sha256_file(path))
 
 
-def read_items(path: Path) -> tuple[list[Item], str | None]:
+def read_items(path: Path, ocr: str = "auto") -> tuple[list[Item], str | None]:
     """The items of one supported file (one for an image, one per page for a PDF) and a warning
-    when the file was damaged but partly readable. Raises InputError (naming the file and the
-    reason) when the file cannot be read at all."""
+    when the file was damaged but partly readable. ``ocr``: how pages without a text layer are
+    read (see :func:`mmrank.documents.read_pdf`; a page read by OCR has ``metadata["ocr"]``).
+    Raises InputError (naming the file and the reason) when the file cannot be read at all."""
     suffix = path.suffix.lower()
     if suffix in PDF_SUFFIXES:
-        pdf = read_pdf(path)
+        pdf = read_pdf(path, ocr=ocr)
         items = [
             Item(id=f"{path}#page={page.number}", kind="page", source=str(path), page=page.number,
-                 text=page.text or None)
+                 text=page.text or None, metadata={"ocr": True} if page.ocr else {})
             for page in pdf.pages
         ]
         warning = "damaged PDF (truncated or corrupt) repaired on opening; some pages may be empty"

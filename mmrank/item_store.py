@@ -39,9 +39,22 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_file ON items(file);
 CREATE TABLE IF NOT EXISTS vectors (
     item_id TEXT NOT NULL REFERENCES items(id) ON DELETE CASCADE,
-    space TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (item_id, space)
+    space TEXT NOT NULL, part INTEGER NOT NULL DEFAULT 0, vector BLOB NOT NULL,
+    PRIMARY KEY (item_id, space, part)
 );
 INSERT OR IGNORE INTO meta VALUES ('revision', '0');
+"""
+# Databases written before items could own several vectors per space lack vectors.part.
+_ADD_PARTS = """
+CREATE TABLE vectors_with_parts (
+    item_id TEXT NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+    space TEXT NOT NULL, part INTEGER NOT NULL DEFAULT 0, vector BLOB NOT NULL,
+    PRIMARY KEY (item_id, space, part)
+);
+INSERT INTO vectors_with_parts (rowid, item_id, space, part, vector)
+    SELECT rowid, item_id, space, 0, vector FROM vectors ORDER BY rowid;
+DROP TABLE vectors;
+ALTER TABLE vectors_with_parts RENAME TO vectors;
 """
 _ITEM_COLUMNS = "id, kind, source, page, text, metadata"
 
@@ -62,7 +75,9 @@ class ItemStore:
     """Items, files and vectors of one collection in the SQLite file ``path``.
 
     ``name`` is how error messages name the collection (its folder). Vectors are stored as float32
-    blobs without checks: the caller checks shapes against the vector space first.
+    blobs without checks: the caller checks shapes against the vector space first. An item may own
+    several vectors in a space (a long page's passages): its ``part`` 0, 1, ... in the order given.
+    A database from before parts existed is upgraded when it is opened.
     """
 
     def __init__(self, path: Path, name: str | Path | None = None) -> None:
@@ -72,6 +87,7 @@ class ItemStore:
         try:
             self._db.execute("PRAGMA foreign_keys = ON")
             self.revision  # noqa: B018 (reads the database once: a damaged file fails here, clearly)
+            self._upgrade()
         except sqlite3.DatabaseError as error:
             self._db.close()
             raise CollectionError(
@@ -89,6 +105,19 @@ class ItemStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def _upgrade(self) -> None:
+        """Give the vectors of an older database their part numbers (all 0), in one transaction."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(vectors)")}
+        if "part" not in columns:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, _ADD_PARTS.split(";")):
+                    self._db.execute(statement)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     # ----------------------------------------------------------------- counts
     @property
@@ -216,8 +245,12 @@ class ItemStore:
     def _insert_vectors(self, vectors: VectorBatch) -> None:
         for space, (ids, matrix) in vectors.items():
             matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-            self._db.executemany("INSERT INTO vectors VALUES (?, ?, ?)",
-                                 [(item_id, space, row.tobytes()) for item_id, row in zip(ids, matrix)])
+            parts: Counter[str] = Counter()
+            rows = []
+            for item_id, row in zip(ids, matrix):
+                rows.append((item_id, space, parts[item_id], row.tobytes()))
+                parts[item_id] += 1
+            self._db.executemany("INSERT INTO vectors (item_id, space, part, vector) VALUES (?, ?, ?, ?)", rows)
 
     # ----------------------------------------------------------------- reading
     def get_many(self, ids: Iterable[str]) -> dict[str, Item]:
@@ -241,23 +274,48 @@ class ItemStore:
 
     def stored_vectors(self, ids: Sequence[str], space: str, dim: int) -> tuple[list[str], np.ndarray]:
         """The ids among ``ids`` that have a vector in ``space`` (in the given order, once each), and
-        those vectors as a (found, ``dim``) float32 matrix."""
+        their first vectors (part 0) as a (found, ``dim``) float32 matrix."""
         by_id: dict[str, bytes] = {}
         for chunk in _chunks(list(ids)):
             by_id.update(self._db.execute(
-                f"SELECT item_id, vector FROM vectors WHERE space = ? AND item_id IN ({_marks(chunk)})",
+                f"SELECT item_id, vector FROM vectors WHERE space = ? AND part = 0 AND item_id IN ({_marks(chunk)})",
                 [space, *chunk]))
         found = [i for i in dict.fromkeys(ids) if i in by_id]
         return found, _matrix([by_id[i] for i in found], dim)
 
+    def item_vectors(self, ids: Sequence[str], space: str, dim: int) -> tuple[list[str], np.ndarray]:
+        """Every vector in ``space`` of the items ``ids`` (all their parts), one row each, with the
+        item id of each row: items in the given order, parts in order."""
+        by_id: dict[str, list[bytes]] = {}
+        for chunk in _chunks(list(dict.fromkeys(ids))):
+            rows = self._db.execute(
+                f"SELECT item_id, vector FROM vectors WHERE space = ? AND item_id IN ({_marks(chunk)}) "
+                "ORDER BY item_id, part", [space, *chunk])
+            for item_id, blob in rows:
+                by_id.setdefault(item_id, []).append(blob)
+        row_ids = [i for i in dict.fromkeys(ids) if i in by_id for _ in by_id[i]]
+        return row_ids, _matrix([blob for i in dict.fromkeys(ids) if i in by_id for blob in by_id[i]], dim)
+
     def all_vectors(self, space: str, dim: int) -> tuple[list[str], np.ndarray]:
-        """Every vector of ``space`` with its item id, in insertion order."""
-        rows = self._db.execute("SELECT item_id, vector FROM vectors WHERE space = ? ORDER BY rowid", (space,))
-        ids, blobs = [], []
-        for item_id, blob in rows:
+        """Every vector of ``space`` with its item id, in insertion order (an item with several
+        vectors appears once per vector, its parts in order)."""
+        ids, _, matrix = self.all_vector_parts(space, dim)
+        return ids, matrix
+
+    def all_vector_parts(self, space: str, dim: int) -> tuple[list[str], list[int], np.ndarray]:
+        """:meth:`all_vectors` with the part number of each row."""
+        rows = self._db.execute("SELECT item_id, part, vector FROM vectors WHERE space = ? ORDER BY rowid", (space,))
+        ids, parts, blobs = [], [], []
+        for item_id, part, blob in rows:
             ids.append(item_id)
+            parts.append(part)
             blobs.append(blob)
-        return ids, _matrix(blobs, dim, writable=False)
+        return ids, parts, _matrix(blobs, dim, writable=False)
+
+    def parts_per_item(self, space: str) -> int:
+        """The most vectors one item owns in ``space`` (0 for an empty space)."""
+        return self._db.execute("SELECT COALESCE(MAX(part) + 1, 0) FROM vectors WHERE space = ?",
+                                (space,)).fetchone()[0]
 
 
 def _matrix(blobs: list[bytes], dim: int, writable: bool = True) -> np.ndarray:

@@ -19,11 +19,19 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class Space:
-    """A vector space of the collection: which encoder made its vectors, and their dimension."""
+    """A vector space of the collection: which encoder made its vectors, their dimension, and for
+    text spaces whose items are split into passages, ``passages`` = (words, overlap) per passage."""
 
     name: str
     encoder: str
     dim: int
+    passages: tuple[int, int] | None = None
+
+
+def _space(name: str, record: dict[str, Any]) -> Space:
+    passages = record.get("passages")
+    return Space(name, record["encoder"], record["dim"],
+                 None if passages is None else (int(passages["words"]), int(passages["overlap"])))
 
 
 class Manifest:
@@ -65,7 +73,7 @@ class Manifest:
     # ----------------------------------------------------------------- vector spaces
     @property
     def spaces(self) -> dict[str, Space]:
-        return {name: Space(name, s["encoder"], s["dim"]) for name, s in self.data["spaces"].items()}
+        return {name: _space(name, record) for name, record in self.data["spaces"].items()}
 
     def space(self, name: str) -> Space:
         """The space ``name``; CollectionError when the collection has none (after re-reading the
@@ -75,15 +83,22 @@ class Manifest:
         known = self.data["spaces"].get(name)
         if known is None:
             raise CollectionError(f"{self.folder}: the collection has no {name} vectors.")
-        return Space(name, known["encoder"], known["dim"])
+        return _space(name, known)
 
-    def bind_encoder(self, space: str, encoder: str, dim: int) -> None:
-        """Record which encoder fills ``space``; refuse an encoder other than the recorded one."""
+    def bind_encoder(self, space: str, encoder: str, dim: int,
+                     passages: tuple[int, int] | None = None) -> Space:
+        """Record which encoder fills ``space`` (and, for a new space, how its texts are split into
+        ``passages``); refuse an encoder other than the recorded one. Returns the space as
+        recorded: an existing space keeps its own passage split."""
         if space in self.data["spaces"]:
             self.check_encoder(space, encoder, dim)
         else:
-            self.data["spaces"][space] = {"encoder": encoder, "dim": int(dim)}
+            record: dict[str, Any] = {"encoder": encoder, "dim": int(dim)}
+            if passages is not None:
+                record["passages"] = {"words": int(passages[0]), "overlap": int(passages[1])}
+            self.data["spaces"][space] = record
             self.write()
+        return self.space(space)
 
     def check_encoder(self, space: str, encoder: str, dim: int | None = None) -> None:
         """Raise EncoderMismatchError unless ``encoder`` is the one ``space`` was built with."""
@@ -109,6 +124,12 @@ class Manifest:
     def index_files(self) -> dict[str, str]:
         """Published index folders, relative to the collection: per vector space, and ``bm25``."""
         return dict(self.data["index"]["files"])
+
+    @property
+    def bm25(self) -> dict[str, Any]:
+        """The BM25 settings the collection's lexical index is built with (``{}``: the defaults of
+        :class:`mmrank.lexical.BM25Settings`)."""
+        return dict(self.data["index"].get("bm25") or {})
 
     def set_index_factory(self, factory: str) -> None:
         """Change the FAISS index type; the published indexes no longer count."""

@@ -16,6 +16,7 @@ from mmrank.errors import InputError
 from mmrank.rerankers import Reranker, create_reranker
 from mmrank.resources import PIPELINES_DIR, bundled_pipelines
 from mmrank.retrieval import HybridRetriever
+from mmrank.text import snippet
 from mmrank.types import Query, Ranking
 
 _KEYS = ("name", "description", "retriever", "rerankers")
@@ -123,7 +124,7 @@ class Pipeline:
         rankings = self.retriever.retrieve_batch(queries, self.collection, max(k, self.depth))
         for reranker in self.rerankers:
             rankings = rerank_all(reranker, queries, rankings, self.collection)
-        return [ranking.top(k) for ranking in rankings]
+        return [with_snippets(ranking.top(k)) for ranking in rankings]
 
 
 def rerank_all(reranker: Reranker, queries: Sequence[Query], rankings: Sequence[Ranking],
@@ -134,6 +135,17 @@ def rerank_all(reranker: Reranker, queries: Sequence[Query], rankings: Sequence[
     reranked = reranker.rerank_batch(queries, rankings, collection)
     seconds = (time.perf_counter() - start) / max(1, len(rankings))
     return [ranking.with_timing(reranker.name, seconds) for ranking in reranked]
+
+
+def with_snippets(ranking: Ranking) -> Ranking:
+    """The ranking with each hit that has text carrying its snippet: the part of its text that best
+    matches the query (:func:`mmrank.text.snippet`)."""
+    question = ranking.query.search_text
+    if question is None:
+        return ranking
+    hits = tuple(dataclasses.replace(hit, snippet=snippet(hit.item.text, question)) if hit.item.has_text else hit
+                 for hit in ranking.hits)
+    return dataclasses.replace(ranking, hits=hits)
 
 
 def _mentions(value: Any, key: str) -> bool:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmrank.images import item_image
 from mmrank.errors import InputError
+from mmrank.text import query_words
 from mmrank.types import Hit, Item, Ranking
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ img.picture { max-width: 640px; max-height: none; margin: .3rem .5rem .3rem 0; }
 .explanation { white-space: pre-wrap; background: #f6f6f6; padding: .4rem .6rem; margin: .3rem 0; max-width: 60rem; }
 details summary { cursor: pointer; } .stage { color: #555; font-size: .85rem; white-space: nowrap; }
 .up { color: #1a7f37; } .down { color: #c62828; } .new { color: #1565c0; } .note { color: #b26a00; font-size: .85rem; }
+.snippet { font-size: .85rem; color: #444; max-width: 32rem; margin-top: .3rem; } mark { background: #fff3a3; }
 """
 
 
@@ -182,9 +185,18 @@ def _row(ranking: Ranking, rank: int, hit: Hit) -> str:
         else path for path in hit.found_by)
     notes = "<br>".join(f"{html.escape(stage)}: {html.escape(s.note)}"
                         for stage, s in hit.stages.items() if s.note)
+    shown = f"<div class='snippet'>{highlight(hit.snippet, ranking.query.search_text or '')}</div>" if hit.snippet else ""
     return (f"<tr><td>{rank}</td><td>{_img_tag(thumbnail(item))}</td><td title='{html.escape(item.source or '')}'>"
-            f"{source}</td><td>{item.page or ''}</td><td>{hit.score:.4f}</td>{cells}{move}"
+            f"{source}{shown}</td><td>{item.page or ''}</td><td>{hit.score:.4f}</td>{cells}{move}"
             f"<td>{html.escape(found_by)}</td><td class='note'>{notes}</td></tr>")
+
+
+def highlight(text: str, query: str) -> str:
+    """``text`` as HTML, the words it shares with ``query`` in ``<mark>``."""
+    wanted = query_words(query)
+    parts = re.split(r"(\w+)", text)
+    return "".join(f"<mark>{html.escape(part)}</mark>" if part.lower() in wanted else html.escape(part)
+                   for part in parts)
 
 
 def _stage_cell(hit: Hit, stage: str) -> str:

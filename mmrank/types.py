@@ -93,13 +93,15 @@ class StageScore:
 class Hit:
     """One result: the item, its current score, and the record of every stage it went through.
 
-    ``found_by`` names the first-stage paths (``text``, ``bm25``, ``image``) that retrieved it.
+    ``found_by`` names the first-stage paths (``text``, ``bm25``, ``image``) that retrieved it;
+    ``snippet`` is the part of the item's text that best matches the query (set by a pipeline).
     """
 
     item: Item
     score: float
     stages: Mapping[str, StageScore] = field(default_factory=dict)
     found_by: tuple[str, ...] = ()
+    snippet: str | None = None
 
     @property
     def item_id(self) -> str:
@@ -114,6 +116,7 @@ class Hit:
             "page": self.item.page,
             "score": self.score,
             "found_by": list(self.found_by),
+            "snippet": self.snippet,
             "stages": {
                 name: {"score": s.score, "rank": s.rank, **({"note": s.note} if s.note else {})}
                 for name, s in self.stages.items()

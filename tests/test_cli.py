@@ -48,8 +48,9 @@ def test_index_search_info_on_pdfs(tmp_path, run_cli):
     code, out, _ = run_cli("info", collection, "--json")
     info = json.loads(out)
     assert info["items"] == 16 and info["index"] == "Flat"
+    # Two of the 16 pages are longer than MiniLM's window: they are split into two passages each.
     assert info["spaces"]["text"] == {"encoder": "sentence-transformers:sentence-transformers/all-MiniLM-L6-v2",
-                                      "dim": 384, "vectors": 16}
+                                      "dim": 384, "vectors": 18, "passages": {"words": 158, "overlap": 39}}
     code, out, _ = run_cli("info", collection)
     assert "16 page" in out and "all-MiniLM-L6-v2" in out
 

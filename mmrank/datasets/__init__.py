@@ -26,6 +26,7 @@ _LOADERS: dict[str, tuple[str, str]] = {
     "cirr": ("mmrank.datasets.cirr", "load_cirr"),
     "circo": ("mmrank.datasets.circo", "load_circo"),
     "fashioniq": ("mmrank.datasets.fashioniq", "load_fashioniq"),
+    "pdfqa": ("mmrank.datasets.pdfqa", "load_pdfqa"),
 }
 
 

