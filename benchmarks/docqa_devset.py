@@ -55,6 +55,9 @@ VARIANTS: dict[str, dict[str, Any] | str] = {
     "rrf": {"retriever": {"paths": ["text", "bm25"], "fusion": "rrf"}, "rerankers": []},
     "score": {"retriever": {"paths": ["text", "bm25"], "fusion": "score"}, "rerankers": []},
     "docqa-text": "docqa-text",
+    "docqa-text+dense-passages": {
+        "retriever": {"paths": ["text", "bm25"], "fusion": "score", "weights": {"text": 0.5, "bm25": 1.0}},
+        "rerankers": [{"type": "dense-passages", "depth": 20}]},
 }
 
 
@@ -88,9 +91,11 @@ def ensure_pdfs(documents: list[dict[str, Any]]) -> None:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         result = subprocess.run(["apt-get", "install", "-y", *packages], env=env)
         still = [doc["path"] for doc in documents if not Path(doc["path"]).is_file()]
-        if result.returncode != 0 or still:
-            raise SystemExit(f"apt-get install -y {' '.join(packages)} failed (exit {result.returncode}); "
-                             f"still missing: {', '.join(still) or 'none'}.")
+        if result.returncode != 0:
+            raise SystemExit(f"apt-get install -y {' '.join(packages)} failed (exit {result.returncode}).")
+        if still:
+            raise SystemExit(f"Installed {' '.join(packages)}, but these PDFs are still missing: {', '.join(still)}; "
+                             "the packages no longer ship them, so the set needs updating.")
     for doc in documents:
         actual = sha256(Path(doc["path"]))
         if actual != doc["sha256"]:
@@ -167,12 +172,12 @@ def main() -> None:
         seconds = time.perf_counter() - started
         collection.use_encoder("text", encoder.text_encoder)
         pages_indexed = report.items_added
-        textless = [s for s in report.skipped if "(page " in s.path]
-        other_skips = [s for s in report.skipped if "(page " not in s.path]
+        textless = report.skipped_pages  # pages left out: no text even by OCR, and no image model
+        other_skips = report.skipped
         rate = f"{pages_indexed / seconds:.1f} pages/s" if pages_indexed else "nothing to index (cached)"
         vectors = collection.info()["spaces"].get("text", {}).get("vectors")
         print(f"Indexing: {pages_indexed} pages added, {report.unchanged_files} files unchanged, "
-              f"{len(textless)} pages without text skipped, in {seconds:.1f} s ({rate}); "
+              f"{textless} pages without text left out, in {seconds:.1f} s ({rate}); "
               f"{len(collection)} items ({vectors} text vectors) in the collection.")
         for skipped in other_skips:
             print(f"  skipped {skipped.path}: {skipped.reason}")
@@ -242,7 +247,7 @@ def main() -> None:
     if args.json:
         payload = {"set": str(args.set), "set_sha256": sha256(args.set), "k": K, "collection": str(folder),
                    "indexing": {"pages_added": pages_indexed, "unchanged_files": report.unchanged_files,
-                                "textless_pages_skipped": len(textless), "text_vectors": vectors, "seconds": seconds,
+                                "textless_pages_skipped": textless, "text_vectors": vectors, "seconds": seconds,
                                 "pages_per_second": pages_indexed / seconds if pages_indexed else None},
                    "variants": results}
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

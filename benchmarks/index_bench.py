@@ -126,7 +126,7 @@ def main() -> None:
             )
             raw_col, overhead = f"{raw_s * 1e3:9.1f}", f"{ratio * 100:+7.2f}%"
         else:
-            times = [timed(lambda: index.search(queries, args.k)) for _ in range(args.repeats)]
+            times = [timed(lambda index=index: index.search(queries, args.k)) for _ in range(args.repeats)]
             wrapper_s, reps, raw_col, overhead = statistics.median(times), args.repeats, f"{'-':>9}", f"{'-':>8}"
         print(
             f"{label:<24} {index.backend:<9} {build:8.1f} {args.queries / wrapper_s:10.0f} {hits:9.4f} "

@@ -68,6 +68,9 @@ def index(
         help="Also embed every PDF page's picture with the image model (text-less pages always are).")] = False,
     dpi: Annotated[int, typer.Option(
         help=f"Resolution at which PDF pages are rendered for the image model ({MIN_DPI} to {MAX_DPI}).")] = 144,
+    ocr: Annotated[str, typer.Option(
+        help="Read pages by OCR (Tesseract): auto (pages without a text layer, when Tesseract is installed), "
+             "off, or force (every page).")] = "auto",
     index_factory: Annotated[Optional[str], typer.Option(
         help="FAISS index type: Flat (exact), IVF4096,Flat, HNSW32, IVF4096,PQ64 ...",
         show_default="Flat, or the collection's")] = None,
@@ -89,13 +92,14 @@ def index(
     collection at a time; another waits for it (or stops at once with --no-wait).
     """
     from mmrank.collection import Collection
-    from mmrank.documents import check_dpi
+    from mmrank.documents import check_dpi, check_ocr
     from mmrank.encoders import load_encoder_by_name, load_image_encoder, load_text_encoder
     from mmrank.indexing import ItemEncoder, index_paths
     from mmrank.ingest import require_existing
 
     require_existing(paths)  # options and paths are checked before anything is created
     check_dpi(dpi)
+    check_ocr(ocr)
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
     waiting = {"wait": not no_wait, "on_wait": lambda message: typer.echo(message, err=True)}
@@ -113,7 +117,11 @@ def index(
             tag = {} if image_pretrained is None else {"pretrained": image_pretrained}
             return load_image_encoder(image_model, device=device, **tag)
 
-        encoder = ItemEncoder(text_encoder, image_encoder, pages_as_images=pages_as_images, dpi=dpi)
+        # Pictures of pages without text use the image model when it loads; a model the user asked
+        # for (or images to index) must load, else the run stops.
+        required = image_model is not None or pages_as_images or "image" in spaces
+        encoder = ItemEncoder(text_encoder, image_encoder, pages_as_images=pages_as_images, dpi=dpi, ocr=ocr,
+                              image_required=required)
         report = index_paths(collection, paths, encoder, batch_size=batch_size, progress=not quiet,
                              prune=not keep_missing)
     info = collection.info()
@@ -215,9 +223,11 @@ def info(
         typer.echo(json.dumps(details, indent=2))
         return
     kinds = ", ".join(f"{n} {kind}s" for kind, n in sorted(details["items_by_kind"].items())) or "none"
+    skipped = f"; {details['skipped_pages']} pages left out (see mmrank index's warnings)" if details["skipped_pages"] else ""
     rows = [
         ("collection", details["path"]),
-        ("items", f"{details['items']} ({kinds}); {details['with_text']} with text; from {details['files']} files"),
+        ("items", f"{details['items']} ({kinds}); {details['with_text']} with text; from {details['files']} files"
+                  f"{skipped}"),
         ("index", details["index"]),
         *((f"{name} vectors", f"{space['vectors']} x {space['dim']} by {space['encoder']}")
           for name, space in details["spaces"].items()),

@@ -31,6 +31,7 @@ from mmrank.index_set import Hits, IndexSet
 from mmrank.item_store import DATABASE, FileEntry, ItemStore, VectorBatch
 from mmrank.locking import LOCK_FILE, WriterLock
 from mmrank.manifest import MANIFEST, Manifest, Space
+from mmrank.text import PassageSplit
 from mmrank.types import Item
 
 if TYPE_CHECKING:
@@ -162,17 +163,17 @@ class Collection:
             "items_by_kind": self.store.items_by_kind(),
             "files": counts["files"],
             "with_text": self.store.count_with_text(),
+            "skipped_pages": self.store.skipped_pages(),
             "spaces": {
                 name: {"encoder": space.encoder, "dim": space.dim, "vectors": counts["vectors"].get(name, 0),
-                       **({"passages": {"words": space.passages[0], "overlap": space.passages[1]}}
-                          if space.passages else {})}
+                       **({"passages": space.passages.to_dict()} if space.passages else {})}
                 for name, space in self.spaces.items()
             },
             "index": self.index_factory,
         }
 
     # ----------------------------------------------------------------- encoders
-    def bind_encoder(self, space: str, encoder: str, dim: int, passages: tuple[int, int] | None = None) -> Space:
+    def bind_encoder(self, space: str, encoder: str, dim: int, passages: PassageSplit | None = None) -> Space:
         """Record which encoder fills ``space`` (and how a new text space splits texts into
         ``passages``); refuse an encoder other than the recorded one. Returns the space as recorded."""
         with self.writing():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,8 +38,10 @@ class PdfPage:
     ocr: bool = False
 
 
+@lru_cache(maxsize=1)
 def ocr_available() -> bool:
-    """Whether Tesseract (and its language data) is installed, so pages can be read by OCR."""
+    """Whether Tesseract (and its language data) is installed, so pages can be read by OCR
+    (checked once per process)."""
     import shutil
 
     import pymupdf

@@ -44,6 +44,12 @@ CREATE TABLE IF NOT EXISTS vectors (
 );
 INSERT OR IGNORE INTO meta VALUES ('revision', '0');
 """
+# Pages of stored files that were left out (no text and no way to encode their picture), and why.
+_SKIPPED_PAGES = """
+CREATE TABLE IF NOT EXISTS skipped_pages (
+    path TEXT NOT NULL, page INTEGER NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (path, page)
+);
+"""
 # Databases written before items could own several vectors per space lack vectors.part.
 _ADD_PARTS = """
 CREATE TABLE vectors_with_parts (
@@ -64,11 +70,13 @@ VectorBatch = Mapping[str, tuple[Sequence[str], np.ndarray]]
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One source file in the collection and the items it produced."""
+    """One source file in the collection, the items it produced, and its pages that were left out
+    as (page number, reason)."""
 
     path: str
     items: list[Item]
     fingerprint: Fingerprint
+    skipped_pages: Sequence[tuple[int, str]] = ()
 
 
 class ItemStore:
@@ -99,7 +107,7 @@ class ItemStore:
     def create(cls, path: Path, name: str | Path | None = None) -> ItemStore:
         """A new, empty database at ``path``."""
         database = sqlite3.connect(path)
-        database.executescript(_SCHEMA)
+        database.executescript(_SCHEMA + _SKIPPED_PAGES)
         database.close()
         return cls(path, name)
 
@@ -107,7 +115,11 @@ class ItemStore:
         self._db.close()
 
     def _upgrade(self) -> None:
-        """Give the vectors of an older database their part numbers (all 0), in one transaction."""
+        """Bring an older database up to date, in one transaction each step: the vectors get their
+        part numbers (all 0), and the table of skipped pages is added."""
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "skipped_pages" not in tables:
+            self._db.execute(_SKIPPED_PAGES)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(vectors)")}
         if "part" not in columns:
             self._db.execute("BEGIN IMMEDIATE")
@@ -135,6 +147,12 @@ class ItemStore:
             "files": self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0],
             "vectors": dict(self._db.execute("SELECT space, COUNT(*) FROM vectors GROUP BY space")),
         }
+
+    def skipped_pages(self, path: str | None = None) -> int:
+        """How many pages of stored files (of the file ``path``, when given) were left out."""
+        if path is None:
+            return self._db.execute("SELECT COUNT(*) FROM skipped_pages").fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM skipped_pages WHERE path = ?", (path,)).fetchone()[0]
 
     def items_by_kind(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT kind, COUNT(*) FROM items GROUP BY kind"))
@@ -182,8 +200,11 @@ class ItemStore:
         with self._conflicts_reported(items), self.transaction():
             for entry in entries:
                 self._db.execute("DELETE FROM files WHERE path = ?", (entry.path,))
+                self._db.execute("DELETE FROM skipped_pages WHERE path = ?", (entry.path,))
                 fp = entry.fingerprint
                 self._db.execute("INSERT INTO files VALUES (?, ?, ?, ?)", (entry.path, fp.size, fp.mtime_ns, fp.sha256))
+                self._db.executemany("INSERT INTO skipped_pages VALUES (?, ?, ?)",
+                                     [(entry.path, page, reason) for page, reason in entry.skipped_pages])
                 self._insert_items(entry.items, file=entry.path)
             self._insert_vectors(vectors)
 
@@ -211,9 +232,12 @@ class ItemStore:
     def remove_files(self, paths: Iterable[str]) -> int:
         """Remove files with their items and vectors; returns how many were stored (the revision is
         bumped only when some were)."""
+        paths = list(paths)
         with self.transaction(bump=False):
+            for chunk in _chunks(paths):
+                self._db.execute(f"DELETE FROM skipped_pages WHERE path IN ({_marks(chunk)})", chunk)
             removed = sum(self._db.execute(f"DELETE FROM files WHERE path IN ({_marks(chunk)})", chunk).rowcount
-                          for chunk in _chunks(list(paths)))
+                          for chunk in _chunks(paths))
             if removed:
                 self._bump()
         return removed

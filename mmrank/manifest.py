@@ -11,6 +11,7 @@ from typing import Any
 
 from mmrank.errors import CollectionError, EncoderMismatchError
 from mmrank.files import write_json_atomic
+from mmrank.text import PassageSplit
 
 FORMAT = "mmrank.collection"
 FORMAT_VERSION = 1
@@ -19,19 +20,18 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class Space:
-    """A vector space of the collection: which encoder made its vectors, their dimension, and for
-    text spaces whose items are split into passages, ``passages`` = (words, overlap) per passage."""
+    """A vector space of the collection: which encoder made its vectors, their dimension, and for a
+    text space whose texts are split into passages, how (``passages``)."""
 
     name: str
     encoder: str
     dim: int
-    passages: tuple[int, int] | None = None
+    passages: PassageSplit | None = None
 
 
 def _space(name: str, record: dict[str, Any]) -> Space:
     passages = record.get("passages")
-    return Space(name, record["encoder"], record["dim"],
-                 None if passages is None else (int(passages["words"]), int(passages["overlap"])))
+    return Space(name, record["encoder"], record["dim"], None if passages is None else PassageSplit.from_dict(passages))
 
 
 class Manifest:
@@ -85,8 +85,7 @@ class Manifest:
             raise CollectionError(f"{self.folder}: the collection has no {name} vectors.")
         return _space(name, known)
 
-    def bind_encoder(self, space: str, encoder: str, dim: int,
-                     passages: tuple[int, int] | None = None) -> Space:
+    def bind_encoder(self, space: str, encoder: str, dim: int, passages: PassageSplit | None = None) -> Space:
         """Record which encoder fills ``space`` (and, for a new space, how its texts are split into
         ``passages``); refuse an encoder other than the recorded one. Returns the space as
         recorded: an existing space keeps its own passage split."""
@@ -95,7 +94,7 @@ class Manifest:
         else:
             record: dict[str, Any] = {"encoder": encoder, "dim": int(dim)}
             if passages is not None:
-                record["passages"] = {"words": int(passages[0]), "overlap": int(passages[1])}
+                record["passages"] = passages.to_dict()
             self.data["spaces"][space] = record
             self.write()
         return self.space(space)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import asdict, dataclass
+from typing import Any
 
 _LINE_END_HYPHEN = re.compile(r"(\w)[-\u2010\u00ad][ \t]*\r?\n\s*([a-z])")
 _LINE_END_DASH = re.compile(r"(\w)([-\u2010])[ \t]*\r?\n\s*(\S)")
@@ -31,18 +33,49 @@ def normalize_text(text: str) -> str:
 
 
 def split_passages(text: str, max_words: int, overlap: int) -> list[str]:
-    """``text`` as passages of ``max_words`` words (split on whitespace, joined by one space), each
-    starting ``max_words - overlap`` words after the previous one, and a last one that ends with the
-    text (so it may share more with its neighbour). A text of at most ``max_words`` words is one
-    passage, an empty one none. InputError unless ``max_words >= 1`` and ``0 <= overlap < max_words``."""
+    """``text`` as passages of at most ``max_words`` words (split on whitespace, joined by one
+    space), each starting ``max_words - overlap`` words after the previous one, so neighbours share
+    ``overlap`` words; the last is the first that reaches the text's end (it may be shorter). A text
+    of at most ``max_words`` words is one passage, an empty one none. InputError unless
+    ``max_words >= 1`` and ``0 <= overlap < max_words``."""
     check_passage_split(max_words, overlap)
     tokens = (text or "").split()
-    if not tokens:
-        return []
-    if len(tokens) <= max_words:
-        return [" ".join(tokens)]
-    starts = [*range(0, len(tokens) - max_words, max_words - overlap), len(tokens) - max_words]
-    return [" ".join(tokens[start:start + max_words]) for start in starts]
+    passages, start = [], 0
+    while tokens:
+        passages.append(" ".join(tokens[start:start + max_words]))
+        if start + max_words >= len(tokens):
+            break
+        start += max_words - overlap
+    return passages
+
+
+@dataclass(frozen=True)
+class PassageSplit:
+    """How a text space splits texts into passages: ``words`` per passage, ``overlap`` shared with
+    the next, and at most ``limit`` passages from the start of a text (None: all of them)."""
+
+    words: int
+    overlap: int = 0
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        check_passage_split(self.words, self.overlap)
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 1):
+            from mmrank.errors import InputError
+
+            raise InputError(f"A passage limit must be at least 1 (or none); got {self.limit!r}.")
+
+    def split(self, text: str) -> list[str]:
+        """The text's passages (see :func:`split_passages`), the first ``limit`` of them."""
+        return split_passages(text, self.words, self.overlap)[:self.limit]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PassageSplit:
+        return cls(int(data["words"]), int(data.get("overlap", 0)), data.get("limit"))
 
 
 def check_passage_split(max_words: int, overlap: int) -> None:

@@ -48,9 +48,9 @@ def test_index_search_info_on_pdfs(tmp_path, run_cli):
     code, out, _ = run_cli("info", collection, "--json")
     info = json.loads(out)
     assert info["items"] == 16 and info["index"] == "Flat"
-    # Two of the 16 pages are longer than MiniLM's window: they are split into two passages each.
+    # One of the 16 pages (196 words) is longer than MiniLM's window (166 words): it is two passages.
     assert info["spaces"]["text"] == {"encoder": "sentence-transformers:sentence-transformers/all-MiniLM-L6-v2",
-                                      "dim": 384, "vectors": 18, "passages": {"words": 158, "overlap": 39}}
+                                      "dim": 384, "vectors": 17, "passages": {"words": 166, "overlap": 0, "limit": 2}}
     code, out, _ = run_cli("info", collection)
     assert "16 page" in out and "all-MiniLM-L6-v2" in out
 
@@ -184,3 +184,39 @@ def test_index_type_too_big_for_the_collection_keeps_the_vectors(tmp_path, run_c
     assert code == 0 and "(0 items)" in out and "1 unchanged" in out
     code, out, _ = run_cli("search", tmp_path / "c", "rockets", "--json", "-k", "1")
     assert json.loads(out)[0]["page"] == 2
+
+
+def test_a_text_less_page_offline_with_no_image_model_is_left_out_and_the_run_goes_on(tmp_path, run_cli, monkeypatch):
+    """The default CLIP is not cached and there is no network: the text-less page is left out with
+    one warning naming the page and why, the rest of the file and the run go on, info counts it."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-hf-home" / "hub"))
+    make_pdf(tmp_path / "in" / "manual.pdf", ["Chapter one: the pump primes itself.", None, "Chapter three."])
+    make_pdf(tmp_path / "in" / "other.pdf", ["Another ordinary page."])
+    code, out, err = run_cli("index", tmp_path / "in", "--out", tmp_path / "c", "--quiet", "--ocr", "off")
+    assert code == 0, err
+    assert "3 items" in out
+    [warning] = [line for line in err.splitlines() if line.startswith("warning")]
+    assert "manual.pdf: page 2 left out: no text layer (OCR is off" in warning
+    assert "the image model for page pictures could not be loaded" in warning and "ViT-B-32" in warning
+    code, out, _ = run_cli("info", tmp_path / "c", "--json")
+    assert json.loads(out)["skipped_pages"] == 1
+    code, out, _ = run_cli("info", tmp_path / "c")
+    assert "1 pages left out" in out
+    # the next run reads the file again (OCR or a model may be there now), and still leaves it out
+    code, out, err = run_cli("index", tmp_path / "in", "--out", tmp_path / "c", "--quiet", "--ocr", "off")
+    assert code == 0 and "1 unchanged" in out and "page 2 left out" in err
+
+
+def test_hits_carry_snippets_in_json_the_table_and_the_report(tmp_path, run_cli):
+    collection = tmp_path / "docs"
+    assert run_cli("index", ASSETS / "pdfs", "--out", collection, "--quiet")[0] == 0
+    question = "How many hours a day do cats sleep?"
+    code, out, _ = run_cli("search", collection, question, "-k", "2", "--json")
+    top = json.loads(out)[0]
+    assert "sleeps between 12 and 16 hours a day" in top["snippet"] and len(top["snippet"]) <= 290
+    code, out, _ = run_cli("search", collection, question, "-k", "2", "--report", tmp_path / "r.html")
+    header, rule, first = out.splitlines()[:3]
+    assert header.split()[-1] == "snippet" and "16 hours a day" in first
+    assert "<mark>sleep" not in (tmp_path / "r.html").read_text()  # "sleeps" is its own word: not marked
+    assert "<mark>hours</mark>" in (tmp_path / "r.html").read_text()

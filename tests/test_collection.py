@@ -11,6 +11,7 @@ from mmrank.collection import Collection, FileEntry
 from mmrank.manifest import MANIFEST
 from mmrank.errors import CollectionError, EncoderMismatchError, InputError
 from mmrank.ingest import Fingerprint
+from mmrank.text import PassageSplit
 from mmrank.types import Item
 
 DIM = 8
@@ -138,3 +139,88 @@ def test_replace_files_swaps_a_files_items(tmp_path):
         assert [i.text for i in collection.items()] == ["new"]
         assert collection.file_fingerprint("f.pdf") == Fingerprint(2, 2, "b")
         assert collection.info()["spaces"]["text"]["vectors"] == 1
+
+
+# ------------------------------------------------------------------------------ several vectors per item
+
+
+def _passage_collection(folder, factory: str = "Flat") -> tuple[Collection, dict[str, np.ndarray]]:
+    """Three items owning 1, 3 and 2 vectors ("passages") in the text space."""
+    collection = Collection.create(folder, index_factory=factory)
+    collection.bind_encoder("text", "test:encoder", DIM, passages=PassageSplit(100, 20))
+    parts = {"one": _unit(1, seed=1), "three": _unit(3, seed=2), "two": _unit(2, seed=3)}
+    ids = [item_id for item_id, vectors in parts.items() for _ in vectors]
+    collection.add([Item(id=i, kind="text", text=i) for i in parts], {"text": (ids, np.concatenate(list(parts.values())))})
+    return collection, parts
+
+
+def _best_per_item(parts: dict[str, np.ndarray], query: np.ndarray, among=None) -> list[tuple[str, float]]:
+    best = {item: float((vectors @ query).max()) for item, vectors in parts.items() if among is None or item in among}
+    return sorted(best.items(), key=lambda pair: -pair[1])
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW8"])
+def test_an_item_is_found_by_its_best_passage(tmp_path, factory):
+    collection, parts = _passage_collection(tmp_path / "c", factory)
+    assert collection.info()["spaces"]["text"] == {"encoder": "test:encoder", "dim": DIM, "vectors": 6,
+                                                   "passages": {"words": 100, "overlap": 20, "limit": None}}
+    for query in [*parts["three"], *parts["two"], _unit(1, seed=9)[0]]:
+        expected = _best_per_item(parts, query)
+        found = collection.search_vectors("text", query[None], k=3)[0]
+        assert [item for item, _ in found] == [item for item, _ in expected]
+        np.testing.assert_allclose([score for _, score in found], [score for _, score in expected], rtol=1e-5)
+        # k items, not k vectors: the item with three passages takes one place
+        assert [item for item, _ in collection.search_vectors("text", query[None], k=2)[0]] == [
+            item for item, _ in expected[:2]]
+    query = parts["three"][1]
+    among = collection.search_vectors("text", query[None], k=3, among=[{"three", "one"}])[0]
+    expected = _best_per_item(parts, query, among={"three", "one"})
+    assert [item for item, _ in among] == [item for item, _ in expected] == ["three", "one"]
+    np.testing.assert_allclose([score for _, score in among], [score for _, score in expected], rtol=1e-5)
+
+
+def test_passages_are_stored_in_order_and_removed_with_their_item(tmp_path):
+    collection, parts = _passage_collection(tmp_path / "c")
+    ids, matrix = collection.item_vectors(["two", "three"], "text")
+    assert ids == ["two", "two", "three", "three", "three"]
+    np.testing.assert_array_equal(matrix, np.concatenate([parts["two"], parts["three"]]))
+    found, first = collection.stored_vectors(["three", "missing"], "text")
+    assert found == ["three"] and np.array_equal(first[0], parts["three"][0])
+    assert collection.remove(["three"]) == 1
+    assert collection.info()["spaces"]["text"]["vectors"] == 3
+    found = collection.search_vectors("text", parts["three"][0][None], k=5)[0]
+    assert [item for item, _ in found] == [item for item, _ in _best_per_item(
+        {"one": parts["one"], "two": parts["two"]}, parts["three"][0])]
+
+
+def test_a_replaced_file_replaces_all_its_passages(tmp_path):
+    collection = Collection.create(tmp_path / "c")
+    collection.bind_encoder("text", "test:encoder", DIM, passages=PassageSplit(100, 20))
+    first, second = _unit(3, seed=4), _unit(1, seed=5)
+    print_ = Fingerprint(size=1, mtime_ns=1, sha256="a")
+    collection.replace_files([FileEntry("f.pdf", [Item(id="f#1", kind="page", text="x")], print_)],
+                             {"text": (["f#1", "f#1", "f#1"], first)})
+    collection.replace_files([FileEntry("f.pdf", [Item(id="f#1", kind="page", text="y")], print_)],
+                             {"text": (["f#1"], second)})
+    ids, matrix = collection.item_vectors(["f#1"], "text")
+    assert ids == ["f#1"] and np.array_equal(matrix, second)
+    assert collection.search_vectors("text", first[0][None], k=5)[0][0][0] == "f#1"
+
+
+def test_a_collection_from_before_passages_is_upgraded_on_opening(tmp_path):
+    import sqlite3
+
+    collection, _ = _passage_collection(tmp_path / "c")
+    collection.close()
+    database = sqlite3.connect(tmp_path / "c" / "items.sqlite")  # rebuild the old table: no part column
+    database.executescript("""
+        CREATE TABLE old (item_id TEXT NOT NULL, space TEXT NOT NULL, vector BLOB NOT NULL,
+                          PRIMARY KEY (item_id, space));
+        INSERT INTO old SELECT item_id, space, vector FROM vectors WHERE part = 0;
+        DROP TABLE vectors; ALTER TABLE old RENAME TO vectors; DROP TABLE skipped_pages;""")
+    database.close()
+    with Collection.open(tmp_path / "c") as reopened:
+        assert reopened.info()["spaces"]["text"]["vectors"] == 3 and reopened.info()["skipped_pages"] == 0
+        assert reopened.item_vectors(["three"], "text")[0] == ["three"]
+        reopened.build_indexes()
+        assert len(reopened.search_vectors("text", _unit(1)[0][None], k=3)[0]) == 3

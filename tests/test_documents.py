@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmrank.documents import read_pdf, render_page
+from mmrank.documents import ocr_available, read_pdf, render_page
 from mmrank.errors import InputError
 from mmrank.ingest import discover, fingerprint, read_items
 from tests.sample_files import make_image, make_messy_folder, make_pdf
@@ -91,3 +91,86 @@ def test_fingerprint_follows_content(tmp_path):
     first = fingerprint(path)
     path.write_text("two")
     assert fingerprint(path).sha256 != first.sha256
+
+
+# ------------------------------------------------------------------------------ OCR and normalised text
+
+needs_tesseract = pytest.mark.skipif(not ocr_available(), reason=(
+    "Tesseract is not installed (apt-get install tesseract-ocr; .ci/run installs it): OCR is not tested"))
+
+
+def scanned_pdf(path, lines: list[str]):
+    """A PDF whose only page is a picture of ``lines`` of text (no text layer), as a scanner makes."""
+    import io
+
+    import pymupdf
+    from PIL import Image, ImageDraw, ImageFont
+
+    picture = Image.new("RGB", (1400, 120 + 90 * len(lines)), "white")
+    draw = ImageDraw.Draw(picture)
+    for number, line in enumerate(lines):
+        draw.text((50, 60 + 90 * number), line, fill="black", font=ImageFont.load_default(size=44))
+    data = io.BytesIO()
+    picture.save(data, "PNG")
+    document = pymupdf.open()
+    page = document.new_page(width=700, height=picture.height / 2)
+    page.insert_image(page.rect, stream=data.getvalue())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document.save(path)
+    return path
+
+
+@needs_tesseract
+def test_auto_ocr_reads_pages_without_a_text_layer(tmp_path):
+    pdf = scanned_pdf(tmp_path / "scan.pdf", ["The pressure valve opens", "at 4.5 bar in winter."])
+    [plain] = read_pdf(pdf, ocr="off").pages
+    assert (plain.text, plain.ocr) == ("", False)
+    [page] = read_pdf(pdf, ocr="auto").pages
+    assert page.ocr and "pressure valve opens at 4.5 bar" in page.text
+    [item], _ = read_items(pdf)
+    assert "pressure valve" in item.text and item.metadata == {"ocr": True}
+
+
+@needs_tesseract
+def test_auto_ocr_leaves_text_layers_alone_and_force_reads_every_page(tmp_path):
+    pdf = make_pdf(tmp_path / "doc.pdf", ["A page with a real text layer."])
+    [page] = read_pdf(pdf, ocr="auto").pages
+    assert (page.text, page.ocr) == ("A page with a real text layer.", False)
+    [forced] = read_pdf(pdf, ocr="force").pages
+    assert forced.ocr and "real text layer" in forced.text
+
+
+def test_ocr_modes_are_checked():
+    from mmrank.documents import check_ocr
+
+    with pytest.raises(InputError, match="OCR mode must be one of auto, off, force; got 'always'"):
+        check_ocr("always")
+    assert check_ocr("off") == "off"
+
+
+def test_force_without_tesseract_says_how_to_install_it(monkeypatch):
+    import shutil
+
+    from mmrank.documents import check_ocr, ocr_available
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    ocr_available.cache_clear()  # checked once per process: forget an earlier answer, and this one after
+    try:
+        with pytest.raises(InputError, match="--ocr force needs Tesseract.*apt-get install tesseract-ocr"):
+            check_ocr("force")
+    finally:
+        ocr_available.cache_clear()
+
+
+def test_page_text_is_normalised_when_read(tmp_path):
+    import matplotlib
+    import pymupdf
+
+    font = f"{matplotlib.get_data_path()}/fonts/ttf/DejaVuSans.ttf"  # a font with the ligature glyphs
+    document = pymupdf.open()
+    page = document.new_page(width=400, height=300)
+    page.insert_text((30, 50), "The e\ufb03cient algo-", fontsize=11, fontfile=font, fontname="dejavu")
+    page.insert_text((30, 65), "rithm and its de\ufb01nition.", fontsize=11, fontfile=font, fontname="dejavu")
+    document.save(tmp_path / "ligatures.pdf")
+    [page] = read_pdf(tmp_path / "ligatures.pdf").pages
+    assert page.text == "The efficient algorithm and its definition."

@@ -3,12 +3,14 @@ files replaced, interrupted builds resumed, text-less pages found through their 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from mmrank.collection import Collection
 from mmrank.indexing import ItemEncoder, index_paths
 from mmrank.pipeline import Pipeline
 from mmrank.retrieval import HybridRetriever
+from mmrank.text import PassageSplit
 from mmrank.types import Query
 from tests.sample_files import make_image, make_messy_folder, make_pdf
 
@@ -113,15 +115,17 @@ def test_batched_image_queries_match_single_ones(tmp_path, tiny_clip):
 
 
 def test_text_less_pages_fall_back_to_their_picture(tmp_path, minilm, tiny_clip):
-    make_pdf(tmp_path / "in" / "scan.pdf", ["The violin has four strings.", None])
+    pdf = make_pdf(tmp_path / "in" / "scan.pdf", ["The violin has four strings.", None])
     with Collection.create(tmp_path / "without") as collection:
-        report = index_paths(collection, [tmp_path / "in"], ItemEncoder(minilm))
-        assert len(collection) == 1
-        assert [s.reason for s in report.skipped] == [
-            "the page has no text layer; index with an image model (--image-model) to include it"]
+        report = index_paths(collection, [tmp_path / "in"], ItemEncoder(minilm, ocr="off"))
+        assert len(collection) == 1 and report.skipped == [] and report.skipped_pages == 1
+        assert [(w.path, w.reason) for w in report.warnings] == [(str(pdf.resolve()), (
+            "page 2 left out: no text layer (OCR is off: --ocr auto reads such pages when Tesseract is "
+            "installed), and no image model was given for page pictures (--image-model)"))]
+        assert collection.info()["skipped_pages"] == 1
 
     with Collection.create(tmp_path / "with") as collection:
-        index_paths(collection, [tmp_path / "in"], ItemEncoder(minilm, tiny_clip))
+        index_paths(collection, [tmp_path / "in"], ItemEncoder(minilm, tiny_clip, ocr="off"))
         assert collection.info()["spaces"]["text"]["vectors"] == 1
         assert collection.info()["spaces"]["image"]["vectors"] == 1
         ranking = Pipeline(collection).search("violin strings", k=5)
@@ -137,3 +141,45 @@ def test_pages_as_images_embeds_every_page(tmp_path, minilm, tiny_clip):
         assert collection.info()["spaces"]["image"]["vectors"] == 2
         ranking = HybridRetriever(paths=["image"]).retrieve(Query(text="page"), collection)
         assert len(ranking) == 2
+
+
+def test_long_pages_are_split_into_passages_and_a_resumed_build_matches_a_clean_one(tmp_path, minilm):
+    import pymupdf
+
+    long_page = " ".join(f"w{n}" for n in range(400))  # longer than MiniLM's window
+    for n in range(4):
+        document = pymupdf.open()
+        document.new_page(width=400, height=300).insert_text((20, 40), f"Short page {n}.", fontsize=11)
+        assert document.new_page(width=600, height=800).insert_textbox(
+            pymupdf.Rect(20, 20, 580, 780), long_page, fontsize=6) >= 0  # it all fits
+        (tmp_path / "in").mkdir(exist_ok=True)
+        document.save(tmp_path / "in" / f"doc{n}.pdf")
+    encoder = ItemEncoder(minilm, passages=PassageSplit(150, 30))
+    with Collection.create(tmp_path / "clean") as clean:
+        index_paths(clean, [tmp_path / "in"], encoder, batch_size=2)
+        expected_ids, expected = clean.item_vectors([item.id for item in clean.items()], "text")
+    # 400 words in passages of 150 sharing 30: starts 0, 120, 240 and 360 (the last, shorter, ends the text)
+    long_id = next(i for i in expected_ids if i.endswith("doc0.pdf#page=2"))
+    assert expected_ids.count(long_id) == 4 and len(expected_ids) == 4 * (1 + 4)
+
+    class _Interrupting:
+        name, dim, max_tokens = minilm.name, minilm.dim, minilm.max_tokens
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def encode_texts(self, texts):
+            self.calls += 1
+            if self.calls == 3:
+                raise KeyboardInterrupt
+            return minilm.encode_texts(texts)
+
+    with Collection.create(tmp_path / "c") as collection:
+        with pytest.raises(KeyboardInterrupt):
+            index_paths(collection, [tmp_path / "in"], ItemEncoder(_Interrupting(),
+                                                                   passages=PassageSplit(150, 30)), batch_size=2)
+        assert 0 < len(collection) < 8
+        report = index_paths(collection, [tmp_path / "in"], encoder, batch_size=2)
+        assert report.unchanged_files + report.added_files == 4
+        ids, vectors = collection.item_vectors(expected_ids, "text")
+        assert ids == expected_ids and np.abs(vectors - expected).max() < 1e-5

@@ -33,14 +33,14 @@ def test_split_passages_short_text_is_one_passage_with_whitespace_collapsed() ->
     assert split_passages("a b c", max_words=200, overlap=50) == ["a b c"]
 
 
-def test_split_passages_exact_multiple_and_a_last_passage_that_ends_the_text() -> None:
+def test_split_passages_exact_multiple_and_a_shorter_last_passage() -> None:
     text = " ".join(f"w{index}" for index in range(10))
     assert split_passages(text, max_words=4, overlap=1) == ["w0 w1 w2 w3", "w3 w4 w5 w6", "w6 w7 w8 w9"]
     assert split_passages(text, max_words=5, overlap=0) == ["w0 w1 w2 w3 w4", "w5 w6 w7 w8 w9"]
     eleven = text + " w10"
     assert split_passages(eleven, max_words=4, overlap=1) == ["w0 w1 w2 w3", "w3 w4 w5 w6", "w6 w7 w8 w9",
-                                                              "w7 w8 w9 w10"]  # a full last one, ending the text
-    assert split_passages(eleven, max_words=5, overlap=0)[-1] == "w6 w7 w8 w9 w10"
+                                                              "w9 w10"]  # ends at the text's end
+    assert split_passages(eleven, max_words=5, overlap=0)[-1] == "w10"
 
 
 def test_split_passages_overlap_shares_words_between_neighbours() -> None:

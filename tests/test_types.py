@@ -37,5 +37,5 @@ def test_with_stage_records_scores_ranks_and_keeps_history():
     assert reranked.stage_names == ["retrieve", "rerank"]
     assert reranked.to_dicts()[0] == {
         "rank": 1, "id": "c", "kind": "text", "source": None, "page": None, "score": 2.0, "found_by": [],
-        "stages": {"retrieve": {"score": 0.1, "rank": 3}, "rerank": {"score": 2.0, "rank": 1}},
+        "snippet": None, "stages": {"retrieve": {"score": 0.1, "rank": 3}, "rerank": {"score": 2.0, "rank": 1}},
     }

@@ -83,15 +83,17 @@ class SentenceTransformerEncoder:
         model: str = DEFAULT_TEXT_MODEL,
         *,
         device: str | None = "auto",
-        batch_size: int = 64,
+        batch_size: int | None = None,
         progress: bool = False,
     ) -> None:
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be at least 1; got {batch_size}.")
         self.model_id = resolve_model_id(model)
         self.name = sentence_transformer_identity(self.model_id)
         self.device = resolve_device(device)
-        self.batch_size = batch_size
+        # Texts per forward pass: small batches stay in a CPU's caches (all-MiniLM-L6-v2 on 2 cores:
+        # 16 was 18% faster than 64 on real PDF pages); a GPU wants large ones.
+        self.batch_size = batch_size or (16 if self.device == "cpu" else 64)
         self.progress = progress
         self._model = self._load()
         self.dim = _dimension(self._model)

@@ -23,6 +23,7 @@ RERANKERS: dict[str, str | type] = {
     "reasoning": "mmrank.rerankers.reasoning:ReasoningReranker",
     "sqaf": "mmrank.rerankers.sqaf:CaptionFusionReranker",
     "grid": "mmrank.rerankers.grid:GridReranker",
+    "dense-passages": "mmrank.rerankers.passages:DensePassageReranker",
     "cross-encoder": "mmrank.rerankers.cross_encoder:CrossEncoderReranker",
 }
 

@@ -32,7 +32,7 @@ OPTIONS = {"device": "cpu", "dtype": "float32", "max_pixels": 28 * 28 * 16}
 # With these questions the tiny model's answers do move pages (some windows parse, some do not).
 QUESTIONS = ["Which factory makes the pressure sensors?",
              "Which region had the fastest sales growth last year?",
-             "What was the operating margin in 2016?"]
+             "Who flew the first kerosene rocket?"]
 REAL = {"depth": 7, "window": 5, "stride": 2, "max_new_tokens": 128, "dpi": DPI}
 REAL_WINDOWS = [(2, 7), (0, 5)]
 
