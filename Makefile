@@ -9,6 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	bash scripts/system_packages.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -e '.[dev]'
 	touch $@

@@ -141,7 +141,8 @@ def default_passages(max_tokens: int | None) -> PassageSplit:
     Measured on that dev set (benchmarks/docqa_devset.py, all-MiniLM-L6-v2): the default pipeline
     answered as many questions in the top 1 and 5 with the first two passages of a page as with all
     of them (BM25 still reads the whole page), while encoding 25% fewer passages; sharing 20 words
-    between neighbours cost 23% more encoding for no change."""
+    between neighbours cost 23% more encoding for no change. Indexing those PDFs runs at about two
+    thirds of the pages per second of one vector a page (benchmarks/text_indexing_bench.py)."""
     return PassageSplit(160 if not max_tokens else max(16, int((max_tokens - 2) / 1.53)), 0, 2)
 
 

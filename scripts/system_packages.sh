@@ -12,7 +12,8 @@ command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr)
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "Installing ${missing[*]} (OCR of text-less PDF pages) ..."
     apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+        || echo "Note: could not install ${missing[*]}; OCR of text-less PDF pages stays off."
 else
     echo "Note: ${missing[*]} not installed; OCR of text-less PDF pages is off (as root: apt-get install ${missing[*]})."
 fi

@@ -23,7 +23,7 @@ from mmrank.encoders import (
     load_text_encoder,
 )
 from mmrank.encoders.clip import open_clip_identity
-from mmrank.encoders.text import sentence_transformer_identity
+from mmrank.encoders.text import length_batches, sentence_transformer_identity
 from mmrank.errors import InputError, ModelUnavailableError
 
 TEXTS = ["a red house", "a photo of a dog", "", "two people on a beach at sunset", "x " * 200]
@@ -247,6 +247,34 @@ def test_minilm_scores_a_paraphrase_above_an_unrelated_sentence(minilm: Sentence
         "Quarterly revenue fell by ten percent.",
     ])
     assert query @ paraphrase > query @ unrelated + 0.3
+
+
+@pytest.mark.slow
+def test_minilm_vectors_do_not_depend_on_how_texts_are_batched(minilm: SentenceTransformerEncoder) -> None:
+    one_at_a_time = np.stack([minilm.encode_texts([text])[0] for text in TEXTS])
+    budgeted = SentenceTransformerEncoder(minilm.model_id, device="cpu", batch_tokens=300)
+    assert budgeted.batch_tokens == 300
+    np.testing.assert_allclose(budgeted.encode_texts(TEXTS), one_at_a_time, atol=1e-5)
+    np.testing.assert_allclose(minilm.encode_texts(TEXTS), one_at_a_time, atol=1e-5)
+
+
+def test_length_batches_go_longest_first_within_a_count_and_a_token_budget() -> None:
+    lengths = [10, 200, 50, 50, 5, 120]
+    as_lists = lambda batches: [b.tolist() for b in batches]  # noqa: E731
+    # A pass is padded to its first (longest) text: 512 tokens hold 2 texts of 200, then 10 of 50.
+    assert as_lists(length_batches(lengths, 64, 512)) == [[1, 5], [2, 3, 0, 4]]
+    assert as_lists(length_batches(lengths, 64, 100)) == [[1], [5], [2, 3], [0, 4]]
+    assert as_lists(length_batches(lengths, 2)) == [[1, 5], [2, 3], [0, 4]]
+    assert as_lists(length_batches(lengths, 64, 150)) == [[1], [5], [2, 3, 0], [4]]
+    assert length_batches([], 16, 2048) == []
+    positions = np.concatenate(length_batches(lengths, 3, 256))
+    assert sorted(positions.tolist()) == list(range(len(lengths)))
+
+
+def test_text_encoder_batch_options_must_be_positive() -> None:
+    for option in ("batch_size", "batch_tokens"):
+        with pytest.raises(InputError, match=f"{option} must be at least 1; got 0"):
+            SentenceTransformerEncoder("all-MiniLM-L6-v2", device="cpu", **{option: 0})
 
 
 @pytest.mark.slow
