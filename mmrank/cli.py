@@ -259,8 +259,8 @@ def evaluate(
     pages_as_images: Annotated[bool, typer.Option(
         help="Also embed the pictures of pages that have text.")] = False,
     metrics: Annotated[Optional[str], typer.Option(
-        help="Comma-separated metrics: recall@K, hit@K, map@K, map, ndcg@K, mrr, and for Revisited "
-             "Oxford/Paris rmap (the official AP) and mp@K.",
+        help="Comma-separated metrics: recall@K, hit@K, map@K, map, ndcg@K, mrr (as trec_eval computes "
+             "them), map_min@K (CIRCO's mAP@K), and for Revisited Oxford/Paris rmap (the official AP) and mp@K.",
         show_default="the dataset's standard ones")] = None,
     k: Annotated[Optional[int], typer.Option("-k", help="Depth of the rankings that are scored.",
         show_default="100, or every item for metrics without a cutoff")] = None,
@@ -333,16 +333,22 @@ def evaluate(
         submission.mkdir(parents=True, exist_ok=True)
         for written in dataset.write_submission(collected.rankings, submission, runner.name):
             typer.echo(f"Submission written to {written}", err=as_json)
+    from mmrank.metrics import describe_metric
+
+    columns = [name for name in stages[0].metrics if not name.endswith("queries")] if stages else []
+    counted = {name: int(value) for name, value in stages[0].metrics.items() if name.endswith("queries")} if stages else {}
     if as_json:
         typer.echo(json.dumps({"dataset": dataset.name, "split": dataset.split, "queries": len(dataset.queries),
+                               "definitions": {name: describe_metric(name) for name in columns},
                                "stages": [s.__dict__ for s in stages]}, indent=2))
         return
     from mmrank.report import format_table
 
     typer.echo(f"{dataset.name} ({dataset.split}): {len(dataset.queries)} queries, {len(dataset.items)} items")
-    columns = [name for name in stages[0].metrics if not name.endswith("queries")] if stages else []
     rows = [[s.stage, *(f"{s.metrics[m]:.4f}" for m in columns), f"{s.latency_ms:.1f}"] for s in stages]
     typer.echo(format_table(["stage", *columns, "ms/query"], rows))
+    typer.echo("Queries counted in the means: " + ", ".join(
+        f"{name.rpartition('/')[0] or 'all'} {count}" for name, count in counted.items()))
 
 
 @app.command(name="convert-revisited")

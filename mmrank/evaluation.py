@@ -51,13 +51,17 @@ def ranking_depth(metrics: list[str], items: int, full: bool = False) -> int:
 
 
 def evaluate(pipeline: Pipeline, dataset: RetrievalDataset, metrics: Sequence[str] | None = None,
-             *, k: int = 100, batch_size: int = 64, progress: bool = False,
+             *, k: int | None = None, batch_size: int = 64, progress: bool = False,
              on_batch: Callable[[Sequence[Ranking]], None] | None = None) -> list[StageReport]:
     """Run every query (``batch_size`` at a time through the first stage) and score the order after
     each stage (first stage, then each reranker); latency is the mean time per query per stage.
 
     ``metrics`` defaults to the dataset's own, else :data:`DEFAULT_METRICS`; they, and the
-    judgement sets' own metrics, are checked before any query runs. Ignored items are dropped
+    judgement sets' own metrics, are checked before any query runs. Rankings go ``k`` deep; by
+    default as deep as the metrics need (:func:`ranking_depth`: every item for a metric without a
+    cutoff such as ``map`` or ``rmap``, and for datasets that score within a subset of the items,
+    as CIRR's Recall_subset@k does), exactly as ``mmrank eval`` ranks. A smaller ``k`` cuts every
+    ranking there, and metrics that look deeper see only that much. Ignored items are dropped
     before scoring; protocols, per-group (macro) means and per-group values are reported as the
     dataset asks (see :class:`RetrievalDataset`). A protocol with no judged query reports only
     ``<protocol>/queries`` = 0.
@@ -70,8 +74,10 @@ def evaluate(pipeline: Pipeline, dataset: RetrievalDataset, metrics: Sequence[st
 
     metrics = list(metrics or dataset.metrics or DEFAULT_METRICS)
     judgement_sets = dataset.judgements()
-    for name in [*metrics, *(m for judgements in judgement_sets.values() for m in judgements.metrics)]:
+    own = [m for judgements in judgement_sets.values() for m in judgements.metrics]
+    for name in [*metrics, *own]:
         parse_metric(name)
+    k = k or ranking_depth([*metrics, *own], len(dataset.items), full=dataset.needs_full_ranking)
     orders: dict[str, dict[str, list[str]]] = {}
     seconds: dict[str, float] = {}
     with tqdm(total=len(dataset.queries), desc="Queries", disable=not progress) as bar:
@@ -106,11 +112,13 @@ def score_judgements(rankings: dict[str, list[str]], judgements: Judgements, met
     the mean of the per-group means as ``macro/<metric>``, and with ``report_groups`` each
     group's mean as ``<group>/<metric>``. Keys carry ``prefix + "/"`` when a prefix is given;
     ``queries`` counts the scored queries (with none, it is the only key)."""
-    if not any(any(grade > 0 for grade in relevance.values()) for relevance in judgements.qrels.values()):
+    if judgements.averaging == "relevant" and not any(
+            any(grade > 0 for grade in relevance.values()) for relevance in judgements.qrels.values()):
         return {f"{prefix}/queries" if prefix else "queries": 0}
     cleaned = {qid: _restricted(order, judgements.ignored.get(qid, ()), judgements.within.get(qid))
                for qid, order in rankings.items()}
-    per_query = score_queries(cleaned, judgements.qrels, judgements.metrics or metrics)
+    per_query = score_queries(cleaned, judgements.qrels, judgements.metrics or metrics,
+                              averaging=judgements.averaging)
     results: dict[str, float] = {}
     for name, values in per_query.items():
         results[name] = sum(values.values()) / len(values)

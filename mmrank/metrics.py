@@ -59,16 +59,27 @@ def hit_rate_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
 
 
 def average_precision_at_k(ranked: Sequence[str], relevance: Relevance, k: int | None) -> float:
-    """AP@k = (sum of precision@i over the ranks i <= k that hold a relevant item)
-    / min(|relevant|, k).
+    """AP@k as trec_eval's ``map_cut_k`` computes it (and BEIR and MTEB report as MAP@k,
+    ir-measures as AP@k, ranx as map@k): the sum of precision@i over the ranks i <= k that hold a
+    relevant item, divided by |relevant|.
 
-    This is the CIRCO normalisation; trec_eval's ``map_cut`` divides by |relevant| instead, which
-    differs only when there are more relevant items than ``k``.
-
-    ``k=None`` (metric name ``map``) is plain AP over the whole ranking: the sum of precision at
-    each relevant item's rank / |relevant|, relevant items never retrieved adding 0. This is the
-    trapezoid-free AP; Revisited Oxford/Paris papers report :func:`revisited_average_precision`.
+    ``k=None`` (metric name ``map``) is trec_eval's ``map``: the same over the whole ranking,
+    relevant items never retrieved adding 0. CIRCO divides by min(|relevant|, k) instead
+    (:func:`average_precision_min_at_k`); Revisited Oxford/Paris integrate with trapezoids
+    (:func:`revisited_average_precision`).
     """
+    return _precision_sum(ranked, relevance, k) / len(_relevant_ids(relevance))
+
+
+def average_precision_min_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
+    """AP@k divided by min(|relevant|, k) instead of |relevant| (metric name ``map_min@k``): the
+    mAP@k of CIRCO's official evaluation, which a query with more relevant items than ``k`` can
+    reach in full. Equal to :func:`average_precision_at_k` when |relevant| <= k."""
+    return _precision_sum(ranked, relevance, k) / min(len(_relevant_ids(relevance)), k)
+
+
+def _precision_sum(ranked: Sequence[str], relevance: Relevance, k: int | None) -> float:
+    """The sum of precision@i over the ranks i <= k (all ranks for None) that hold a relevant item."""
     relevant = _relevant_ids(relevance)
     hits = 0
     total = 0.0
@@ -76,7 +87,7 @@ def average_precision_at_k(ranked: Sequence[str], relevance: Relevance, k: int |
         if item_id in relevant:
             hits += 1
             total += hits / rank
-    return total / (len(relevant) if k is None else min(len(relevant), k))
+    return total
 
 
 def revisited_average_precision(
@@ -151,22 +162,26 @@ _METRIC_FUNCTIONS: dict[str, Callable[..., float]] = {
     "recall": recall_at_k,
     "hit": hit_rate_at_k,
     "map": average_precision_at_k,
+    "map_min": average_precision_min_at_k,
     "ndcg": ndcg_at_k,
     "mrr": reciprocal_rank,
     "rmap": revisited_average_precision,
     "mp": revisited_precision_at_k,
 }
 _CUTOFF_OPTIONAL = frozenset({"map", "rmap", "mrr"})
-_METRIC_NAME = re.compile(r"^(?P<base>[a-z]+)(?:@(?P<k>\d+))?$")
+_METRIC_NAME = re.compile(r"^(?P<base>[a-z_]+)(?:@(?P<k>\d+))?$")
 
 
 def parse_metric(name: str) -> QueryMetric:
-    """Turn a name such as ``recall@10``, ``hit@1``, ``map@5``, ``map``, ``ndcg@10``, ``mrr``,
-    ``mrr@10``, ``rmap`` or ``mp@5`` into a per-query function ``(ranked, relevance) -> float``.
+    """Turn a name such as ``recall@10``, ``hit@1``, ``map@5``, ``map``, ``map_min@5``,
+    ``ndcg@10``, ``mrr``, ``mrr@10``, ``rmap`` or ``mp@5`` into a per-query function
+    ``(ranked, relevance) -> float``.
 
+    The generic names compute what trec_eval computes (``recall_k``, ``success_k``,
+    ``map_cut_k``, ``map``, ``ndcg_cut_k``, ``recip_rank``); ``map_min@k`` is CIRCO's mAP@k;
     ``rmap`` and ``mp@k`` are the Revisited Oxford/Paris AP and mP@k
     (:func:`revisited_average_precision`, :func:`revisited_precision_at_k`)."""
-    known = "recall@k, hit@k, map@k, ndcg@k, mrr, mrr@k, map, rmap, rmap@k, mp@k"
+    known = "recall@k, hit@k, map@k, map_min@k, ndcg@k, mrr, mrr@k, map, rmap, rmap@k, mp@k"
     match = _METRIC_NAME.match(name.strip().lower())
     if match is None or match["base"] not in _METRIC_FUNCTIONS:
         raise InputError(f"Unknown metric {name!r}: expected one of {known}.")
@@ -179,38 +194,89 @@ def parse_metric(name: str) -> QueryMetric:
     return lambda ranked, relevance: function(ranked, relevance, cutoff)
 
 
+# What each metric computes, with a cutoff k and (where allowed) over the whole ranking.
+_DEFINITIONS = {
+    "recall": ("trec_eval recall_{k}: relevant items in the top {k} / relevant items", None),
+    "hit": ("trec_eval success_{k}: 1 when a relevant item is in the top {k}, else 0", None),
+    "map": ("trec_eval map_cut_{k}: sum of precision at each relevant item in the top {k} / relevant items",
+            "trec_eval map: sum of precision at each relevant item / relevant items"),
+    "map_min": ("CIRCO mAP@{k}: sum of precision at each relevant item in the top {k} "
+                "/ min(relevant items, {k})", None),
+    "ndcg": ("trec_eval ndcg_cut_{k}: DCG@{k} / ideal DCG@{k}, gain = grade", None),
+    "mrr": ("1 / rank of the first relevant item in the top {k}, else 0",
+            "trec_eval recip_rank: 1 / rank of the first relevant item, else 0"),
+    "rmap": ("revisitop compute_ap over the top {k}: average precision, trapezoid interpolation",
+             "revisitop compute_ap: average precision, trapezoid interpolation"),
+    "mp": ("revisitop mP@{k}: precision at min({k}, rank of the last relevant item)", None),
+}
+
+
+def describe_metric(name: str) -> str:
+    """What the metric ``name`` computes, in one line, naming the evaluator it agrees with (for
+    reports and results files). A ``prefix/`` (protocol, group) is allowed."""
+    base_name = name.rpartition("/")[2].strip().lower()
+    parse_metric(base_name)
+    match = _METRIC_NAME.match(base_name)
+    with_cutoff, whole = _DEFINITIONS[match["base"]]
+    return whole if match["k"] is None else with_cutoff.format(k=match["k"])
+
+
+AVERAGING = ("relevant", "trec_eval")
+
+
 def score_queries(
     rankings: Mapping[str, Sequence[str]],
     qrels: Mapping[str, Relevance],
     metrics: Sequence[str] = DEFAULT_METRICS,
+    *,
+    averaging: str = "relevant",
 ) -> dict[str, dict[str, float]]:
-    """Each metric's value per query (metric name -> query id -> value), for the queries of
-    ``qrels`` that have at least one relevant item.
+    """Each metric's value per query (metric name -> query id -> value). Rankings for queries
+    absent from ``qrels`` are ignored. Which judged queries count depends on ``averaging``:
 
-    A judged query missing from ``rankings`` counts as an empty ranking (it scores 0); rankings
-    for queries absent from ``qrels`` are ignored.
+    - ``"relevant"``: the queries of ``qrels`` with at least one relevant item; a judged query
+      missing from ``rankings`` counts as an empty ranking (it scores 0);
+    - ``"trec_eval"``: as pytrec_eval evaluates (and BEIR and MTEB average): the queries both in
+      ``qrels`` and in ``rankings`` (an empty ranking included); a query whose judgements hold no
+      relevant item scores 0 on every metric.
     """
     functions = {name: parse_metric(name) for name in metrics}
-    judged = {qid: rel for qid, rel in qrels.items() if _has_relevant(rel)}
-    if not judged:
-        raise InputError(
-            "No query in the qrels has a relevant item (grade > 0): nothing to evaluate."
-        )
-    return {name: {qid: function(rankings.get(qid, ()), rel) for qid, rel in judged.items()}
+    counted = counted_queries(rankings, qrels, averaging)
+    return {name: {qid: function(rankings.get(qid, ()), rel) if _has_relevant(rel) else 0.0
+                   for qid, rel in counted.items()}
             for name, function in functions.items()}
+
+
+def counted_queries(rankings: Mapping[str, Sequence[str]], qrels: Mapping[str, Relevance],
+                    averaging: str = "relevant") -> dict[str, Relevance]:
+    """The judged queries that ``averaging`` counts (see :func:`score_queries`), with their
+    judgements; an InputError when there is none."""
+    if averaging not in AVERAGING:
+        raise InputError(f"averaging must be one of {', '.join(AVERAGING)}; got {averaging!r}.")
+    if averaging == "trec_eval":
+        counted = {qid: rel for qid, rel in qrels.items() if qid in rankings}
+        if not counted:
+            raise InputError("No judged query has a ranking: nothing to evaluate.")
+        return counted
+    counted = {qid: rel for qid, rel in qrels.items() if _has_relevant(rel)}
+    if not counted:
+        raise InputError("No query in the qrels has a relevant item (grade > 0): nothing to evaluate.")
+    return counted
 
 
 def evaluate_rankings(
     rankings: Mapping[str, Sequence[str]],
     qrels: Mapping[str, Relevance],
     metrics: Sequence[str] = DEFAULT_METRICS,
+    *,
+    averaging: str = "relevant",
 ) -> dict[str, float]:
-    """Mean of each metric over the queries of ``qrels`` that have at least one relevant item
-    (see :func:`score_queries`). Keys are the metric names as given, plus ``"queries"``: the
-    number of queries averaged over."""
-    per_query = score_queries(rankings, qrels, metrics)
+    """Mean of each metric over the queries that ``averaging`` counts (see
+    :func:`score_queries`). Keys are the metric names as given, plus ``"queries"``: the number of
+    queries averaged over."""
+    per_query = score_queries(rankings, qrels, metrics, averaging=averaging)
     results = {name: sum(values.values()) / len(values) for name, values in per_query.items()}
-    results["queries"] = sum(map(_has_relevant, qrels.values()))
+    results["queries"] = len(counted_queries(rankings, qrels, averaging))
     return results
 
 

@@ -43,10 +43,17 @@ def test_eval_cli_reports_metrics_and_reuses_the_collection(tmp_path, run_cli, m
     assert stage["stage"] == "retrieve"
     assert stage["metrics"] == {"recall@1": 1.0, "mrr": 1.0, "ndcg@10": 1.0, "queries": 3}
     assert stage["latency_ms"] > 0
+    assert result["definitions"] == {
+        "recall@1": "trec_eval recall_1: relevant items in the top 1 / relevant items",
+        "mrr": "trec_eval recip_rank: 1 / rank of the first relevant item, else 0",
+        "ndcg@10": "trec_eval ndcg_cut_10: DCG@10 / ideal DCG@10, gain = grade",
+    }
     assert len(Collection.open(tmp_path / "c")) == 4
 
     code, out, _ = run_cli(*args[:-4], "--collection", tmp_path / "c")
     assert code == 0 and "recall@1" in out and "retrieve" in out
+    code, out, _ = run_cli("eval", tmp_path / "tiny-beir", "--collection", tmp_path / "c", "--metrics", "mrr")
+    assert code == 0 and "Queries counted in the means: all 3" in out.splitlines()[-1]
 
 
 class _Reverse:

@@ -10,6 +10,7 @@ from mmrank.errors import InputError
 from mmrank.metrics import (
     DEFAULT_METRICS,
     average_precision_at_k,
+    average_precision_min_at_k,
     evaluate_rankings,
     hit_rate_at_k,
     ndcg_at_k,
@@ -52,21 +53,36 @@ def test_hit_rate_at_k(k: int, expected: float) -> None:
 @pytest.mark.parametrize(
     ("k", "expected"),
     [
-        (1, 0.0),  # nothing relevant in the top 1; divided by min(3, 1) = 1
-        (2, (1 / 2) / 2),  # P@2 = 1/2 at b; divided by min(3, 2) = 2 -> 0.25
-        (5, (1 / 2 + 2 / 4) / 3),  # P@2 = 1/2 at b, P@4 = 2/4 at d; min(3, 5) = 3 -> 1/3
-        (10, (1 / 2 + 2 / 4) / 3),  # k beyond the ranking: min(3, 10) = 3, same as @5
+        (1, 0.0),  # nothing relevant in the top 1
+        (2, (1 / 2) / 3),  # P@2 = 1/2 at b; divided by |relevant| = 3 (trec_eval's map_cut_2)
+        (5, (1 / 2 + 2 / 4) / 3),  # P@2 = 1/2 at b, P@4 = 2/4 at d; / 3 -> 1/3
+        (10, (1 / 2 + 2 / 4) / 3),  # k beyond the ranking: same as @5
     ],
 )
 def test_average_precision_at_k(k: int, expected: float) -> None:
     assert average_precision_at_k(RANKED, RELEVANCE, k) == approx(expected)
+    assert parse_metric(f"map@{k}")(RANKED, RELEVANCE) == approx(expected)
 
 
-def test_average_precision_divides_by_min_of_relevant_and_k() -> None:
-    # 3 relevant, k = 2, both top-2 relevant: (P@1 + P@2) / min(3, 2) = (1 + 1) / 2 = 1.0
-    # (trec_eval's map_cut would divide by 3 and give 2/3).
+@pytest.mark.parametrize(
+    ("k", "expected"),
+    [
+        (1, 0.0),  # nothing relevant in the top 1; divided by min(3, 1) = 1
+        (2, (1 / 2) / 2),  # P@2 = 1/2 at b; divided by min(3, 2) = 2 -> 0.25
+        (5, (1 / 2 + 2 / 4) / 3),  # min(3, 5) = 3 -> 1/3, as map@5
+    ],
+)
+def test_average_precision_min_at_k_is_circos_normalisation(k: int, expected: float) -> None:
+    assert average_precision_min_at_k(RANKED, RELEVANCE, k) == approx(expected)
+    assert parse_metric(f"map_min@{k}")(RANKED, RELEVANCE) == approx(expected)
+
+
+def test_map_at_k_divides_by_all_relevant_items_and_map_min_by_min_of_relevant_and_k() -> None:
+    # 3 relevant, k = 2, both top-2 relevant: (P@1 + P@2) = 2; trec_eval's map_cut_2 (map@2)
+    # divides by 3, CIRCO's mAP@2 (map_min@2) by min(3, 2) = 2.
     relevance = {"a": 1, "b": 1, "c": 1}
-    assert average_precision_at_k(["a", "b", "c"], relevance, 2) == approx(1.0)
+    assert average_precision_at_k(["a", "b", "c"], relevance, 2) == approx(2 / 3)
+    assert average_precision_min_at_k(["a", "b", "c"], relevance, 2) == approx(1.0)
 
 
 def test_ndcg_at_k_with_graded_relevance() -> None:
@@ -189,7 +205,7 @@ class TestEvaluateRankings:
 
     @pytest.mark.parametrize("name", ["precision@5", "recall", "ndcg@", "map@x", "foo", "recall@0"])
     def test_unknown_or_malformed_metric_names_raise(self, name: str) -> None:
-        known = r"recall@k, hit@k, map@k, ndcg@k, mrr, mrr@k|positive"
+        known = r"recall@k, hit@k, map@k, map_min@k, ndcg@k, mrr, mrr@k|positive"
         with pytest.raises(InputError, match=known):
             evaluate_rankings(self.RANKINGS, self.QRELS, [name])
 
@@ -211,7 +227,7 @@ def test_map_without_cutoff_divides_by_all_relevant_items() -> None:
     # 3 relevant, only a and b retrieved, at ranks 1 and 2: (1 + 1) / 3 (map@2 would give 1.0)
     relevance = {"a": 1, "b": 1, "c": 1}
     assert parse_metric("map")(["a", "b"], relevance) == approx(2 / 3)
-    assert parse_metric("map@2")(["a", "b"], relevance) == approx(1.0)
+    assert parse_metric("map_min@2")(["a", "b"], relevance) == approx(1.0)
 
 
 def test_rmap_integrates_the_precision_recall_curve_with_trapezoids() -> None:
@@ -311,3 +327,33 @@ def test_revisited_metrics_average_over_queries() -> None:
         "map": approx((1 / 3 + 1) / 2),
         "queries": 2,
     }
+
+
+# --- definitions, and which queries the means count ---------------------------------------------
+
+
+def test_every_metric_name_has_a_definition_naming_its_evaluator() -> None:
+    from mmrank.metrics import describe_metric
+
+    assert describe_metric("map@10") == (
+        "trec_eval map_cut_10: sum of precision at each relevant item in the top 10 / relevant items")
+    assert describe_metric("map_min@5").startswith("CIRCO mAP@5:")
+    assert describe_metric("easy/rmap") == "revisitop compute_ap: average precision, trapezoid interpolation"
+    assert describe_metric("macro/recall@3") == "trec_eval recall_3: relevant items in the top 3 / relevant items"
+    with pytest.raises(InputError, match="Unknown metric 'p@5'"):
+        describe_metric("p@5")
+
+
+def test_trec_eval_averaging_counts_judged_queries_with_a_ranking_and_zero_grade_queries_as_zero() -> None:
+    qrels = {"q1": {"a": 1}, "q2": {"b": 0}, "q3": {"c": 1}}
+    rankings = {"q1": ["a"], "q2": ["b"], "q4": ["a"]}  # q3 not run, q4 not judged
+    relevant_rule = evaluate_rankings(rankings, qrels, ["recall@1"])
+    assert relevant_rule == {"recall@1": approx((1 + 0) / 2), "queries": 2}  # q1 and q3 (scored 0)
+    trec_rule = evaluate_rankings(rankings, qrels, ["recall@1"], averaging="trec_eval")
+    assert trec_rule == {"recall@1": approx((1 + 0) / 2), "queries": 2}  # q1 and q2 (scored 0)
+    assert evaluate_rankings({"q1": ["a"], "q2": []}, qrels, ["mrr"], averaging="trec_eval") == {
+        "mrr": approx(1 / 2), "queries": 2}
+    with pytest.raises(InputError, match="averaging must be one of relevant, trec_eval; got 'beir'"):
+        evaluate_rankings(rankings, qrels, averaging="beir")
+    with pytest.raises(InputError, match="No judged query has a ranking"):
+        evaluate_rankings({"q9": ["a"]}, qrels, averaging="trec_eval")

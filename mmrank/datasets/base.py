@@ -27,13 +27,15 @@ class Judgements:
     ``within``, when it has an entry for a query, restricts that query's ranking to those ids
     (after the ignored ones are removed) before scoring: CIRR's Recall_subset, scored within the
     query's own image set. ``metrics``, when non-empty, are this set's own metrics, used instead
-    of the ones the caller asks for.
+    of the ones the caller asks for. ``averaging`` says which queries the means count
+    (:func:`mmrank.metrics.score_queries`): ``"relevant"``, or ``"trec_eval"`` as BEIR does.
     """
 
     qrels: Qrels
     ignored: Mapping[str, frozenset[str]] = field(default_factory=dict)
     within: Mapping[str, frozenset[str]] = field(default_factory=dict)
     metrics: tuple[str, ...] = ()
+    averaging: str = "relevant"
 
 
 @dataclass
@@ -53,6 +55,7 @@ class RetrievalDataset:
     - ``report_groups``: with ``group_by``, also report each group's mean as
       ``"<group>/<metric>"`` (FashionIQ's categories);
     - ``metrics``: the benchmark's standard metrics, used when the caller names none;
+    - ``averaging``: which queries the plain qrels' means count (see :class:`Judgements`);
     - ``write_submission``: writes the benchmark's test-server files from the final rankings
       (query id -> ranked item ids, at least the top 50) into a folder, named after the pipeline;
       returns the paths written.
@@ -72,12 +75,13 @@ class RetrievalDataset:
     metrics: tuple[str, ...] = ()
     report_groups: bool = False
     write_submission: SubmissionWriter | None = None
+    averaging: str = "relevant"
 
     def judgements(self) -> dict[str, Judgements]:
         """The judgement sets to report, by prefix ("" for the plain qrels)."""
         if self.protocols:
             return dict(self.protocols)
-        return {"": Judgements(self.qrels, self.ignored)}
+        return {"": Judgements(self.qrels, self.ignored, averaging=self.averaging)}
 
     @property
     def needs_full_ranking(self) -> bool:

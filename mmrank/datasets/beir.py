@@ -18,12 +18,20 @@ LAYOUT = (
 )
 
 
-def load_beir(root: str | Path, split: str = "test") -> RetrievalDataset:
-    """Load a BEIR dataset folder.
+def load_beir(root: str | Path, split: str = "test", ignore_identical_ids: bool = True) -> RetrievalDataset:
+    """Load a BEIR dataset folder, scored as BEIR's ``EvaluateRetrieval.evaluate`` scores.
 
     Corpus documents become text Items (title and text joined by a blank line); only the queries
-    judged in ``qrels/<split>.tsv`` are kept, in ``queries.jsonl`` order.
+    judged in ``qrels/<split>.tsv`` are kept, in ``queries.jsonl`` order. As in BEIR (and MTEB):
+
+    - with ``ignore_identical_ids`` (BEIR's default), a document whose id is the query's own id is
+      dropped from that query's ranking before scoring (ArguAna, Quora);
+    - means follow pytrec_eval's rule (``averaging="trec_eval"``): every judged query counts, and
+      one whose judgements hold no relevant document scores 0;
+    - ``map@k`` is trec_eval's ``map_cut_k``, what BEIR reports as MAP@k.
     """
+    if not isinstance(ignore_identical_ids, bool):
+        raise InputError(f"ignore_identical_ids must be true or false; got {ignore_identical_ids!r}.")
     root = Path(root)
     corpus_path, queries_path, qrels_path = _check_layout(root, split)
     qrels = _read_qrels(qrels_path)
@@ -32,8 +40,12 @@ def load_beir(root: str | Path, split: str = "test") -> RetrievalDataset:
     _check_references(qrels_path, "query", qrels.keys(), {q.id for q in queries}, queries_path)
     judged_items = dict.fromkeys(item_id for judgements in qrels.values() for item_id in judgements)
     _check_references(qrels_path, "corpus", judged_items, {i.id for i in items}, corpus_path)
+    item_ids = {item.id for item in items}
+    ignored = ({q.id: frozenset({q.id}) for q in queries if q.id in item_ids}
+               if ignore_identical_ids else {})
     return RetrievalDataset(
-        name=root.resolve().name, items=items, queries=queries, qrels=qrels, split=split
+        name=root.resolve().name, items=items, queries=queries, qrels=qrels, split=split,
+        ignored=ignored, averaging="trec_eval",
     )
 
 

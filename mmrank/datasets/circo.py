@@ -35,7 +35,7 @@ from mmrank.files import write_json_atomic
 from mmrank.types import Item, Query
 
 SPLITS = ("val", "test")
-METRICS = ("map@5", "map@10", "map@25", "map@50")
+METRICS = ("map_min@5", "map_min@10", "map_min@25", "map_min@50")  # CIRCO's mAP@k: AP@k / min(|relevant|, k)
 SUBMISSION_DEPTH = 50
 IMAGE_INFO = Path("COCO2017_unlabeled") / "annotations" / "image_info_unlabeled2017.json"
 IMAGE_FOLDER = Path("COCO2017_unlabeled") / "unlabeled2017"

@@ -249,3 +249,49 @@ def test_qrels_with_unknown_corpus_ids_names_at_most_five(tmp_path: Path) -> Non
     assert "test.tsv references 7 corpus id(s) missing from corpus.jsonl: " in message
     assert "'missing0', 'missing1', 'missing2', 'missing3', 'missing4' and 2 more." in message
     assert "missing5" not in message
+
+
+# --- scored as BEIR scores: identical ids ignored, pytrec_eval's query averaging ----------------
+
+ARGUANA_LIKE = {
+    "corpus": _jsonl([{"_id": i, "text": f"document {i}"} for i in ("a", "b", "c", "q1", "q3")]),
+    "queries": _jsonl([{"_id": q, "text": f"query {q}"} for q in ("q1", "q2", "q3")]),
+    # q2 is judged, but only with a 0 grade: BEIR (pytrec_eval) averages it in as 0.
+    "qrels": "query-id\tcorpus-id\tscore\nq1\ta\t1\nq2\tb\t0\nq3\tc\t2\nq3\ta\t1\n",
+}
+RANKINGS = {"q1": ["q1", "a", "b"], "q2": ["b", "a", "c"], "q3": ["a", "q3", "c", "b"]}
+
+
+def _beir_reference(metrics: dict[str, str], ignore_identical_ids: bool) -> dict[str, float]:
+    """What BEIR's EvaluateRetrieval.evaluate computes: identical ids popped from the results,
+    pytrec_eval per query, the mean over the queries pytrec_eval returns."""
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    qrels = {"q1": {"a": 1}, "q2": {"b": 0}, "q3": {"c": 2, "a": 1}}
+    results = {qid: {doc: float(len(order) - rank) for rank, doc in enumerate(order)
+                     if not (ignore_identical_ids and doc == qid)} for qid, order in RANKINGS.items()}
+    scores = pytrec_eval.RelevanceEvaluator(qrels, set(metrics.values())).evaluate(results)
+    return {ours: sum(s[theirs] for s in scores.values()) / len(scores) for ours, theirs in metrics.items()}
+
+
+@pytest.mark.parametrize("ignore", [True, False])
+def test_beir_scores_equal_beirs_own_evaluation(tmp_path: Path, ignore: bool) -> None:
+    from mmrank.evaluation import score_judgements
+
+    root = write_beir(tmp_path / "arguana", **ARGUANA_LIKE)
+    options = {} if ignore else {"ignore_identical_ids": False}
+    dataset = load_dataset("beir", root, **options)
+    assert dataset.ignored == ({"q1": frozenset({"q1"}), "q3": frozenset({"q3"})} if ignore else {})
+    metrics = {"ndcg@2": "ndcg_cut_2", "map@2": "map_cut_2", "recall@2": "recall_2", "mrr": "recip_rank"}
+    scored = score_judgements(RANKINGS, dataset.judgements()[""], list(metrics))
+    assert scored.pop("queries") == 3  # q2 counts, with 0
+    reference = _beir_reference(metrics, ignore)
+    for name in metrics:
+        assert scored[name] == pytest.approx(reference[name], abs=1e-12), name
+    # By hand, identical ids ignored: q1 -> [a, b]: RR 1; q2 -> 0; q3 -> [a, c, b]: RR 1.
+    if ignore:
+        assert scored["mrr"] == pytest.approx(2 / 3)
+
+
+def test_beir_ignore_identical_ids_must_be_a_boolean(beir_root: Path) -> None:
+    with pytest.raises(InputError, match="ignore_identical_ids must be true or false; got 'no'"):
+        load_dataset("beir", beir_root, ignore_identical_ids="no")

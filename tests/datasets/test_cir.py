@@ -41,13 +41,15 @@ class _FixedRetriever:
     def __init__(self, items: list[Item], orders: dict[str, list[str]]) -> None:
         self.items = {item.id: item for item in items}
         self.orders = orders
-        self.depth = len(items)
+        self.depth = 1
+        self.asked: list[int | None] = []
 
     def retrieve_batch(self, queries, collection, k=None):
+        self.asked.append(k)
         rankings = []
         for query in queries:
             listed = self.orders.get(query.id, [])
-            order = [*listed, *(i for i in self.items if i not in listed)]
+            order = [*listed, *(i for i in self.items if i not in listed)][:k]
             hits = tuple(Hit(item=self.items[i], score=1.0 / r, stages={"retrieve": StageScore(1.0 / r, r)})
                          for r, i in enumerate(order, start=1))
             rankings.append(Ranking(query=query, hits=hits, timings={"retrieve": 0.001}))
@@ -194,6 +196,12 @@ def test_cirr_recall_and_subset_recall_on_a_hand_made_ranking(cirr_root: Path):
     # on_batch sees the final rankings, one batch here.
     assert [[ranking.query.id for ranking in batch] for batch in seen] == [["10", "11"]]
     assert seen[0][0].ids[:3] == [DEV[9], DEV[8], DEV[7]]
+    # Without k, the Python API ranks as deep as `mmrank eval` does: every item, since the subset
+    # protocol scores within each query's set; a smaller k cuts the rankings (and the subset recall).
+    pipeline = _fixed_pipeline(dataset, orders)
+    assert evaluate(pipeline, dataset)[0].metrics == report.metrics
+    assert pipeline.retriever.asked == [len(dataset.items)]
+    assert evaluate(pipeline, dataset, k=5)[0].metrics["subset/recall@2"] == 0.5
     # The caller's metrics replace the plain ones, never the subset protocol's own.
     [report] = evaluate(_fixed_pipeline(dataset, orders), dataset, ["mrr"], k=len(dataset.items))
     assert report.metrics == {"mrr": (1 / 6 + 1) / 2, "queries": 2, "subset/recall@1": 0.5,
@@ -282,7 +290,7 @@ def circo_root(tmp_path: Path) -> Path:
 
 def test_circo_loader_reads_the_gallery_queries_and_ground_truths(circo_root: Path):
     dataset = load_dataset("circo", circo_root)
-    assert (dataset.name, dataset.split, dataset.metrics) == ("CIRCO", "val", ("map@5", "map@10", "map@25", "map@50"))
+    assert (dataset.name, dataset.split, dataset.metrics) == ("CIRCO", "val", ("map_min@5", "map_min@10", "map_min@25", "map_min@50"))
     assert [item.id for item in dataset.items] == [str(i) for i in CIRCO_IDS]
     assert dataset.items[0].source == str(circo_root / "COCO2017_unlabeled" / "unlabeled2017" / "000000000101.jpg")
     first = dataset.queries[0]
@@ -307,11 +315,14 @@ def test_circo_map_divides_by_min_of_ground_truths_and_k(circo_root: Path):
     #   AP@10 = (... + 5/7 + 6/9) / min(6, 10)        = (3.55 + 5/7 + 2/3) / 6
     orders = {"0": ["102", "110", "103", "101", "105", "104"],
               "1": ["101", "103", "110", "104", "105", "102", "106", "108", "107"]}
-    [report] = evaluate(_fixed_pipeline(dataset, orders), dataset, ["map@5", "map@10"], k=10)
-    assert report.metrics["map@5"] == pytest.approx((5 / 9 + 3.55 / 5) / 2)
-    assert report.metrics["map@10"] == pytest.approx((13 / 18 + (3.55 + 5 / 7 + 2 / 3) / 6) / 2)
-    # trec_eval's map_cut would divide query 1's AP@5 by 6: CIRCO's normalisation differs.
-    assert parse_metric("map@5")(orders["1"], dataset.qrels["1"]) == pytest.approx(3.55 / 5)
+    [report] = evaluate(_fixed_pipeline(dataset, orders), dataset, ["map_min@5", "map_min@10"], k=10)
+    assert report.metrics["map_min@5"] == pytest.approx((5 / 9 + 3.55 / 5) / 2)
+    assert report.metrics["map_min@10"] == pytest.approx((13 / 18 + (3.55 + 5 / 7 + 2 / 3) / 6) / 2)
+    # trec_eval's map_cut (mmrank's map@5) divides query 1's AP@5 by 6: CIRCO's normalisation differs.
+    assert parse_metric("map_min@5")(orders["1"], dataset.qrels["1"]) == pytest.approx(3.55 / 5)
+    assert parse_metric("map@5")(orders["1"], dataset.qrels["1"]) == pytest.approx(3.55 / 6)
+    [default] = evaluate(_fixed_pipeline(dataset, orders), dataset)
+    assert default.metrics["map_min@5"] == report.metrics["map_min@5"]
 
 
 def test_circo_bad_inputs_are_clear_errors(circo_root: Path):
@@ -499,7 +510,7 @@ def test_eval_circo_and_fashioniq_end_to_end(circo_root: Path, fiq_root: Path, t
                                              tiny_clip_dir: Path):
     out = tmp_path / "submission"
     metrics = _eval(run_cli, circo_root, "circo", tiny_clip_dir, "--submission", out)
-    assert list(metrics) == ["map@5", "map@10", "map@25", "map@50", "queries"] and metrics["queries"] == 2
+    assert list(metrics) == ["map_min@5", "map_min@10", "map_min@25", "map_min@50", "queries"] and metrics["queries"] == 2
     submitted = json.loads((out / "circo_submission_images-clip.json").read_text())
     assert set(submitted) == {"0", "1"} and sorted(submitted["0"]) == CIRCO_IDS
 
@@ -515,7 +526,7 @@ def test_a_dataset_with_subset_judgements_is_ranked_to_the_last_item(cirr_root: 
     from mmrank.evaluation import ranking_depth
 
     assert ranking_depth(["recall@1", "recall@50"], 2297, full=load_cirr(cirr_root).needs_full_ranking) == 2297
-    assert ranking_depth(["map@50"], 123403, full=load_circo(circo_root).needs_full_ranking) == 100
+    assert ranking_depth(["map_min@50"], 123403, full=load_circo(circo_root).needs_full_ranking) == 100
 
 
 # --- paths in the annotations stay inside the dataset folder -----------------------------------
