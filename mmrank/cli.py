@@ -272,6 +272,10 @@ def evaluate(
     submission: Annotated[Optional[Path], typer.Option(
         help="Also write the benchmark's test-server files (CIRR, CIRCO) from the final rankings into "
              "this folder.", show_default=False)] = None,
+    save_runs: Annotated[Optional[Path], typer.Option(
+        help="Also write what was scored as TREC files into this folder: qrels.txt and one <stage>.run "
+             "per stage (per protocol for Revisited Oxford/Paris), for trec_eval -c, ranx or ir-measures.",
+        show_default=False)] = None,
     mllm: MLLMOption = None,
     mllm_url: MLLMUrlOption = None,
     trust_remote_code: TrustOption = False,
@@ -293,6 +297,7 @@ def evaluate(
     from mmrank.indexing import ItemEncoder
 
     _check_output(report, "--report")
+    _check_output(save_runs and save_runs / "qrels.txt", "--save-runs")
     options = _key_values(option or [])
     if split is not None:
         options["split"] = split
@@ -323,7 +328,8 @@ def evaluate(
                 if report is not None:
                     shown.extend(r.top(REPORT_HITS) for r in rankings[:max(0, report_queries - len(shown))])
 
-            stages = run_evaluation(runner, dataset, wanted, k=depth, progress=not as_json, on_batch=on_batch)
+            stages = run_evaluation(runner, dataset, wanted, k=depth, progress=not as_json, on_batch=on_batch,
+                                    save_runs=save_runs)
             if report is not None:
                 from mmrank.report import write_html_report
 
@@ -337,10 +343,16 @@ def evaluate(
 
     columns = [name for name in stages[0].metrics if not name.endswith("queries")] if stages else []
     counted = {name: int(value) for name, value in stages[0].metrics.items() if name.endswith("queries")} if stages else {}
+    results = {"dataset": dataset.name, "split": dataset.split, "queries": len(dataset.queries),
+               "definitions": {name: describe_metric(name) for name in columns},
+               "stages": [s.__dict__ for s in stages]}
+    if save_runs is not None:
+        from mmrank.files import write_json_atomic
+
+        write_json_atomic(save_runs / "results.json", results, indent=2)
+        typer.echo(f"Runs, qrels and results.json written to {save_runs}", err=True)
     if as_json:
-        typer.echo(json.dumps({"dataset": dataset.name, "split": dataset.split, "queries": len(dataset.queries),
-                               "definitions": {name: describe_metric(name) for name in columns},
-                               "stages": [s.__dict__ for s in stages]}, indent=2))
+        typer.echo(json.dumps(results, indent=2))
         return
     from mmrank.report import format_table
 

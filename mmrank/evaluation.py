@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mmrank.collection import Collection
 from mmrank.datasets import RetrievalDataset
 from mmrank.datasets.base import Judgements
+from mmrank.errors import InputError
 from mmrank.indexing import ItemEncoder
-from mmrank.metrics import parse_metric, score_queries
+from mmrank.metrics import counted_queries, parse_metric, score_queries
 from mmrank.pipeline import Pipeline
 from mmrank.types import Ranking
 
@@ -52,7 +54,8 @@ def ranking_depth(metrics: list[str], items: int, full: bool = False) -> int:
 
 def evaluate(pipeline: Pipeline, dataset: RetrievalDataset, metrics: Sequence[str] | None = None,
              *, k: int | None = None, batch_size: int = 64, progress: bool = False,
-             on_batch: Callable[[Sequence[Ranking]], None] | None = None) -> list[StageReport]:
+             on_batch: Callable[[Sequence[Ranking]], None] | None = None,
+             save_runs: str | Path | None = None) -> list[StageReport]:
     """Run every query (``batch_size`` at a time through the first stage) and score the order after
     each stage (first stage, then each reranker); latency is the mean time per query per stage.
 
@@ -69,6 +72,12 @@ def evaluate(pipeline: Pipeline, dataset: RetrievalDataset, metrics: Sequence[st
     ``on_batch``, when given, is called with each batch's final rankings (as
     :meth:`Pipeline.search_batch` returns them), e.g. to write a submission without keeping
     every ranking here.
+
+    ``save_runs``, a folder, receives what was scored as TREC files (:mod:`mmrank.trec_files`):
+    per judgement set, ``[<protocol>.]qrels.txt`` (the judgements of the queries the means count)
+    and ``[<protocol>.]<stage>.run`` per stage (the rankings as scored: ignored items removed,
+    kept to a query's subset where the set has one). ``trec_eval -c -m <measure> qrels run``
+    prints the same means for the generic metrics.
     """
     from tqdm.auto import tqdm
 
@@ -91,6 +100,8 @@ def evaluate(pipeline: Pipeline, dataset: RetrievalDataset, metrics: Sequence[st
             if on_batch is not None:
                 on_batch(rankings)
             bar.update(len(batch))
+    if save_runs is not None:
+        _save_runs(Path(save_runs), orders, judgement_sets, pipeline)
     groups = _groups(dataset)
     count = max(1, len(dataset.queries))
     reports = []
@@ -115,10 +126,8 @@ def score_judgements(rankings: dict[str, list[str]], judgements: Judgements, met
     if judgements.averaging == "relevant" and not any(
             any(grade > 0 for grade in relevance.values()) for relevance in judgements.qrels.values()):
         return {f"{prefix}/queries" if prefix else "queries": 0}
-    cleaned = {qid: _restricted(order, judgements.ignored.get(qid, ()), judgements.within.get(qid))
-               for qid, order in rankings.items()}
-    per_query = score_queries(cleaned, judgements.qrels, judgements.metrics or metrics,
-                              averaging=judgements.averaging)
+    per_query = score_queries(scored_rankings(rankings, judgements), judgements.qrels,
+                              judgements.metrics or metrics, averaging=judgements.averaging)
     results: dict[str, float] = {}
     for name, values in per_query.items():
         results[name] = sum(values.values()) / len(values)
@@ -134,9 +143,34 @@ def score_judgements(rankings: dict[str, list[str]], judgements: Judgements, met
     return {f"{prefix}/{key}" if prefix else key: value for key, value in results.items()}
 
 
+def scored_rankings(rankings: dict[str, list[str]], judgements: Judgements) -> dict[str, list[str]]:
+    """``rankings`` as ``judgements`` score them: each query's ignored ids removed, and kept to its
+    ``within`` ids when it has some."""
+    return {qid: _restricted(order, judgements.ignored.get(qid, ()), judgements.within.get(qid))
+            for qid, order in rankings.items()}
+
+
 def _restricted(order: list[str], ignored: frozenset[str] | tuple, within: frozenset[str] | None) -> list[str]:
     """``order`` less the ignored ids, and kept to the ``within`` ids when given."""
     return [i for i in order if i not in ignored and (within is None or i in within)]
+
+
+def _save_runs(folder: Path, orders: dict[str, dict[str, list[str]]], judgement_sets: dict[str, Judgements],
+               pipeline: Pipeline) -> None:
+    from mmrank.trec_files import file_name, write_qrels, write_run
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, judgements in judgement_sets.items():
+        start = f"{file_name(prefix)}." if prefix else ""
+        any_stage = next(iter(orders.values()), {})
+        try:
+            counted = counted_queries(scored_rankings(any_stage, judgements), judgements.qrels, judgements.averaging)
+        except InputError:  # no query this set can score: an empty qrels file
+            counted = {}
+        write_qrels(folder / f"{start}qrels.txt", counted)
+        for stage, order in orders.items():
+            write_run(folder / f"{start}{file_name(stage)}.run", scored_rankings(order, judgements),
+                      tag=file_name(f"{pipeline.name or 'mmrank'}-{stage}"))
 
 
 @dataclass

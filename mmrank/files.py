@@ -7,8 +7,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def user_cache_dir() -> Path:
@@ -27,10 +28,20 @@ def temporary_path(folder: Path, suffix: str = ".tmp", prefix: str = ".") -> Pat
 def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``; with
     ``sync``, the bytes reach the disk before the rename (skip it for caches that can be rebuilt)."""
+    _replace(path, lambda file: file.write(data), sync)
+
+
+def write_lines_atomic(path: Path, lines: Iterable[str], *, sync: bool = True) -> None:
+    """:func:`write_atomic` of ``lines`` as UTF-8, written as they come (for files too large to
+    hold in memory at once)."""
+    _replace(path, lambda file: file.writelines(line.encode("utf-8") for line in lines), sync)
+
+
+def _replace(path: Path, write: Callable[[BinaryIO], object], sync: bool) -> None:
     temporary = temporary_path(path.parent, prefix=f".{path.name}.")
     try:
         with open(temporary, "wb") as file:
-            file.write(data)
+            write(file)
             if sync:
                 file.flush()
                 os.fsync(file.fileno())

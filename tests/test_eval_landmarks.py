@@ -44,10 +44,18 @@ def test_eval_reports_every_protocol_after_every_stage(tmp_path, run_cli):
         assert (metrics["easy/queries"], metrics["medium/queries"], metrics["hard/queries"]) == (1, 2, 1)
 
     code, out, err = run_cli("eval", root, "--format", "roxford5k", "--pipeline", "landmarks-superglobal",
-                             "--image-model", "gem:resnet18/gem;random;size=64", "--metrics", "rmap")
+                             "--image-model", "gem:resnet18/gem;random;size=64", "--metrics", "rmap",
+                             "--save-runs", tmp_path / "runs")
     assert code == 0, err
     header = out.splitlines()[1]
     assert header.split() == ["stage", "easy/rmap", "medium/rmap", "hard/rmap", "ms/query"]
+    assert out.splitlines()[-1] == "Queries counted in the means: easy 1, medium 2, hard 1"
+    # One qrels file and one run per stage for each protocol; junk (and, for easy, hard) images are
+    # not in the runs, as they were not scored.
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert names == sorted(["results.json", *(f"{protocol}.{name}" for protocol in ("easy", "medium", "hard")
+                                              for name in ("qrels.txt", "retrieve.run", "superglobal.run"))])
+    assert (tmp_path / "runs" / "hard.qrels.txt").read_text() == f"cat 0 {DATABASE[1]} 1\n"
 
 
 def test_convert_revisited_writes_json_the_loader_prefers(tmp_path, run_cli):

@@ -295,3 +295,23 @@ def test_beir_scores_equal_beirs_own_evaluation(tmp_path: Path, ignore: bool) ->
 def test_beir_ignore_identical_ids_must_be_a_boolean(beir_root: Path) -> None:
     with pytest.raises(InputError, match="ignore_identical_ids must be true or false; got 'no'"):
         load_dataset("beir", beir_root, ignore_identical_ids="no")
+
+
+def test_saved_runs_and_qrels_give_trec_evals_numbers(tmp_path: Path) -> None:
+    from mmrank.evaluation import evaluate
+    from tests.datasets.test_cir import _fixed_pipeline
+
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    dataset = load_dataset("beir", write_beir(tmp_path / "arguana", **ARGUANA_LIKE))
+    metrics = {"ndcg@2": "ndcg_cut_2", "map@2": "map_cut_2", "recall@2": "recall_2", "mrr": "recip_rank"}
+    [report] = evaluate(_fixed_pipeline(dataset, RANKINGS), dataset, list(metrics), save_runs=tmp_path / "runs")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["qrels.txt", "retrieve.run"]
+    run_lines = (tmp_path / "runs" / "retrieve.run").read_text().splitlines()
+    # The query's own id is not in the run (it was not scored); scores keep the order for sorting tools.
+    assert run_lines[:2] == ["q1 Q0 a 1 4 fixed-retrieve", "q1 Q0 b 2 3 fixed-retrieve"]
+    with open(tmp_path / "runs" / "qrels.txt") as qrels_file, open(tmp_path / "runs" / "retrieve.run") as run_file:
+        qrels, run = pytrec_eval.parse_qrel(qrels_file), pytrec_eval.parse_run(run_file)
+    scores = pytrec_eval.RelevanceEvaluator(qrels, set(metrics.values())).evaluate(run)
+    assert len(scores) == report.metrics["queries"] == 3
+    for ours, theirs in metrics.items():
+        assert report.metrics[ours] == pytest.approx(sum(s[theirs] for s in scores.values()) / len(scores), abs=1e-12)
