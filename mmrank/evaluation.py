@@ -92,7 +92,7 @@ def evaluate(pipeline: Pipeline, dataset: RetrievalDataset, metrics: Sequence[st
     with tqdm(total=len(dataset.queries), desc="Queries", disable=not progress) as bar:
         for start in range(0, len(dataset.queries), batch_size):
             batch = dataset.queries[start:start + batch_size]
-            rankings = pipeline.search_batch(batch, k)
+            rankings = pipeline.search_batch(batch, k, snippets=False)
             for query, ranking in zip(batch, rankings):
                 for stage, spent in ranking.timings.items():
                     orders.setdefault(stage, {})[query.id] = ranking.order_after(stage)

@@ -115,16 +115,18 @@ class Pipeline:
         """The top ``k`` hits for one query (a plain string is a text query)."""
         return self.search_batch([query], k)[0]
 
-    def search_batch(self, queries: Sequence[Query | str], k: int = 10) -> list[Ranking]:
+    def search_batch(self, queries: Sequence[Query | str], k: int = 10, *, snippets: bool = True) -> list[Ranking]:
         """The top ``k`` hits for each query; the first stage encodes and searches them together,
-        and each reranker takes the whole batch."""
+        and each reranker takes the whole batch. With ``snippets`` (the default), each hit with text
+        carries the part that best matches the query; evaluation, which ranks deep and shows no
+        text, turns them off."""
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}.")
         queries = [Query(text=q) if isinstance(q, str) else q for q in queries]
         rankings = self.retriever.retrieve_batch(queries, self.collection, max(k, self.depth))
         for reranker in self.rerankers:
             rankings = rerank_all(reranker, queries, rankings, self.collection)
-        return [with_snippets(ranking.top(k)) for ranking in rankings]
+        return [with_snippets(ranking.top(k)) if snippets else ranking.top(k) for ranking in rankings]
 
 
 def rerank_all(reranker: Reranker, queries: Sequence[Query], rankings: Sequence[Ranking],

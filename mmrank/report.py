@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from mmrank.images import item_image
 from mmrank.errors import InputError
-from mmrank.text import query_words
+from mmrank.text import query_words, snippet
 from mmrank.types import Hit, Item, Ranking
 
 if TYPE_CHECKING:
@@ -185,7 +185,9 @@ def _row(ranking: Ranking, rank: int, hit: Hit) -> str:
         else path for path in hit.found_by)
     notes = "<br>".join(f"{html.escape(stage)}: {html.escape(s.note)}"
                         for stage, s in hit.stages.items() if s.note)
-    shown = f"<div class='snippet'>{highlight(hit.snippet, ranking.query.search_text or '')}</div>" if hit.snippet else ""
+    question = ranking.query.search_text or ""
+    passage = hit.snippet or (snippet(item.text, question) if item.has_text and question else None)
+    shown = f"<div class='snippet'>{highlight(passage, question)}</div>" if passage else ""
     return (f"<tr><td>{rank}</td><td>{_img_tag(thumbnail(item))}</td><td title='{html.escape(item.source or '')}'>"
             f"{source}{shown}</td><td>{item.page or ''}</td><td>{hit.score:.4f}</td>{cells}{move}"
             f"<td>{html.escape(found_by)}</td><td class='note'>{notes}</td></tr>")

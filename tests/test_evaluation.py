@@ -53,8 +53,10 @@ def test_eval_cli_reports_metrics_and_reuses_the_collection(tmp_path, run_cli, m
     code, out, _ = run_cli(*args[:-4], "--collection", tmp_path / "c")
     assert code == 0 and "recall@1" in out and "retrieve" in out
     code, out, _ = run_cli("eval", tmp_path / "tiny-beir", "--collection", tmp_path / "c", "--metrics", "mrr",
-                           "--save-runs", tmp_path / "runs")
+                           "--save-runs", tmp_path / "runs", "--report", tmp_path / "eval.html")
     assert code == 0 and "Queries counted in the means: all 3" in out.splitlines()[-1]
+    # Evaluation ranks without snippets; the sheet still shows each shown hit's best passage.
+    assert "<div class='snippet'><mark>Cats</mark> Domestic <mark>cats</mark>" in (tmp_path / "eval.html").read_text()
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["qrels.txt", "results.json", "retrieve.run"]
     assert (tmp_path / "runs" / "qrels.txt").read_text() == "q1 0 d1 1\nq2 0 d2 1\nq3 0 d3 1\n"
     assert (tmp_path / "runs" / "retrieve.run").read_text().splitlines()[0] == "q1 Q0 d1 1 4 docqa-text-retrieve"

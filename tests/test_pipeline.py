@@ -68,6 +68,13 @@ def test_search_batch_matches_single_searches(docs):
     assert [r.ids for r in pipeline.search_batch(queries, k=2)] == [pipeline.search(q, k=2).ids for q in queries]
 
 
+def test_snippets_can_be_left_out_for_deep_rankings_nobody_reads(docs):
+    pipeline = Pipeline(docs)
+    with_text, without = (pipeline.search_batch(["cats sleep"], k=5, snippets=flag)[0] for flag in (True, False))
+    assert with_text.ids == without.ids and [h.score for h in with_text] == [h.score for h in without]
+    assert all(hit.snippet for hit in with_text) and all(hit.snippet is None for hit in without)
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
