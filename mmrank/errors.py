@@ -37,3 +37,12 @@ def listing(values: list, limit: int = 5, *, quote: bool = True) -> str:
     """The first ``limit`` values for an error message, e.g. ``'a', 'b' and 3 more``."""
     shown = ", ".join(repr(v) if quote else str(v) for v in values[:limit])
     return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+def hugging_face_cache(*, hub: bool = False) -> str:
+    """Where a missing Hugging Face model was looked for, for an error message: "the Hugging Face
+    cache <folder>", then " with HF_HUB_OFFLINE=1" when offline, else " and on the Hub" if ``hub``."""
+    from huggingface_hub import constants
+
+    offline = " with HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else " and on the Hub" if hub else ""
+    return f"the Hugging Face cache {constants.HF_HUB_CACHE}{offline}"

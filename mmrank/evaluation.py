@@ -162,9 +162,9 @@ def _save_runs(folder: Path, orders: dict[str, dict[str, list[str]]], judgement_
     folder.mkdir(parents=True, exist_ok=True)
     for prefix, judgements in judgement_sets.items():
         start = f"{file_name(prefix)}." if prefix else ""
-        any_stage = next(iter(orders.values()), {})
+        ranked = next(iter(orders.values()), {})  # which queries count depends only on which were ranked
         try:
-            counted = counted_queries(scored_rankings(any_stage, judgements), judgements.qrels, judgements.averaging)
+            counted = counted_queries(ranked, judgements.qrels, judgements.averaging)
         except InputError:  # no query this set can score: an empty qrels file
             counted = {}
         write_qrels(folder / f"{start}qrels.txt", counted)

@@ -21,7 +21,7 @@ import numpy as np
 
 from mmrank.encoders import DEFAULT_IMAGE_MODEL, DEFAULT_IMAGE_PRETRAINED
 from mmrank.encoders.base import l2_normalize, resolve_device
-from mmrank.errors import InputError, ModelUnavailableError
+from mmrank.errors import InputError, ModelUnavailableError, hugging_face_cache
 from mmrank.images import open_rgb
 from mmrank.types import ImageInput
 
@@ -173,10 +173,7 @@ class OpenClipEncoder:
                 "the Hugging Face Hub"
             )
         else:
-            from huggingface_hub import constants
-
-            offline = " with HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else ""
-            where = f"the Hugging Face cache {constants.HF_HUB_CACHE}{offline}"
+            where = hugging_face_cache()
             how = (
                 "load it once on a machine with network access (that fills the Hugging Face cache; "
                 "copy the cache over and set HF_HUB_OFFLINE=1), then 'hf-hub:org/repo' and built-in "

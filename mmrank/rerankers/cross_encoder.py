@@ -23,9 +23,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmrank.errors import InputError, ModelUnavailableError
+from mmrank.errors import InputError, ModelUnavailableError, hugging_face_cache
 from mmrank.mllm.handle import ON_UNAVAILABLE, OnUnavailable
-from mmrank.rerankers.base import BaseReranker, HeadPlace, at_least_one, keep_order, reorder_head
+from mmrank.rerankers.base import BaseReranker, HeadPlace, at_least_one, keep_order, query_text, reorder_head
 from mmrank.text import check_passage_split, split_passages
 
 if TYPE_CHECKING:
@@ -131,10 +131,7 @@ class CrossEncoderReranker(BaseReranker):
         if folder.is_absolute() or model_id.startswith((".", "~")) or model_id.count("/") > 1:
             where = f"the folder {folder}" + ("" if folder.exists() else " (it does not exist)")
         else:
-            from huggingface_hub import constants
-
-            offline = " with HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else " and on the Hub"
-            where = f"the Hugging Face cache {constants.HF_HUB_CACHE}{offline}"
+            where = hugging_face_cache(hub=True)
         reason = " ".join(str(error).split()).rstrip(".")  # one line: it becomes every hit's note
         return ModelUnavailableError(
             f"cross-encoder model {model_id!r} is not available: {reason}. Looked in {where}. "
@@ -145,12 +142,8 @@ class CrossEncoderReranker(BaseReranker):
     # --------------------------------------------------------------- reranking
     def query_text(self, query: Query) -> str:
         """What the model reads with each passage: the query's text (InputError for an image-only query)."""
-        text = query.search_text
-        if text is None:
-            label = f" {query.id!r}" if query.id else ""
-            raise InputError(f"The {self.name!r} reranker reads the query's text with each candidate's text, but "
-                             f"query{label} has none (an image-only query); use it with text queries.")
-        return text
+        return query_text(query, self.name, "reranker reads the query's text with each candidate's text",
+                          "; use it with text queries")
 
     def rerank_batch(self, queries: Sequence[Query], rankings: Sequence[Ranking],
                      collection: Collection) -> list[Ranking]:

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from mmrank.documents import DEFAULT_DPI, check_dpi
 from mmrank.config import dataclass_options
-from mmrank.errors import InputError, ModelUnavailableError
+from mmrank.errors import ModelUnavailableError
 from mmrank.images import item_image
 from mmrank.mllm.handle import ModelHandle, OnUnavailable
-from mmrank.rerankers.base import BaseReranker, keep_order
+from mmrank.rerankers.base import BaseReranker, keep_order, query_text
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -66,12 +66,7 @@ class MLLMReranker(BaseReranker):
 
     def question(self, query: Query) -> str:
         """What the model is asked about: the query's text (InputError for an image-only query)."""
-        text = query.search_text
-        if text is None:
-            label = f" {query.id!r}" if query.id else ""
-            raise InputError(f"The {self.name!r} reranker asks the model about the query's text, but "
-                             f"query{label} has none (an image-only query).")
-        return text
+        return query_text(query, self.name, "reranker asks the model about the query's text")
 
 
 @dataclasses.dataclass(kw_only=True)

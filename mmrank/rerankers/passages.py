@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mmrank.errors import InputError
-from mmrank.rerankers.base import BaseReranker, HeadPlace, reorder_head
+from mmrank.rerankers.base import BaseReranker, HeadPlace, query_text, reorder_head
 from mmrank.text import check_passage_split, split_passages
 
 if TYPE_CHECKING:
@@ -49,7 +49,8 @@ class DensePassageReranker(BaseReranker):
 
     def rerank_batch(self, queries: Sequence[Query], rankings: Sequence[Ranking],
                      collection: Collection) -> list[Ranking]:
-        questions = [_question(query, self.name) for query in queries]
+        questions = [query_text(query, self.name, "stage compares the query's text with page text")
+                     for query in queries]
         heads = [[hit for hit in ranking.hits[:self.depth] if hit.item.has_text] for ranking in rankings]
         owners, passages = [], []
         for row, head in enumerate(heads):
@@ -85,12 +86,3 @@ def _normalised(values: Sequence[float]) -> np.ndarray:
         return array
     span = array.max() - array.min()
     return np.ones_like(array) if span == 0 else (array - array.min()) / span
-
-
-def _question(query: Query, stage: str) -> str:
-    text = query.search_text
-    if text is None:
-        label = f" {query.id!r}" if query.id else ""
-        raise InputError(f"The {stage!r} stage compares the query's text with page text, but query{label} "
-                         "has none (an image-only query).")
-    return text

@@ -281,3 +281,27 @@ def test_rerank_of_one_query_goes_through_rerank_batch_and_is_timed() -> None:
     assert result.stage_names == ["retrieve", "slow"]
     assert result.timings["slow"] >= 0.01  # measured around rerank_batch, not the 0.0 keep_order wrote
     assert result.timings["retrieve"] == 0.01
+
+
+def test_query_text_is_the_search_text_or_an_error_naming_stage_use_and_query() -> None:
+    from mmrank.rerankers.base import query_text
+    from mmrank.types import Query
+
+    assert query_text(Query(text=" red car "), "s", "stage reads text") == "red car"
+    assert query_text(Query(image="cat.jpg", modification="make it grey"), "s", "stage reads text") == "make it grey"
+    with pytest.raises(InputError, match=r"^The 's' stage reads text, but query 'q1' has none "
+                                         r"\(an image-only query\); try text\.$"):
+        query_text(Query(image="cat.jpg", id="q1"), "s", "stage reads text", "; try text")
+
+
+def test_hugging_face_cache_names_the_folder_and_whether_it_was_offline(monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    from mmrank.errors import hugging_face_cache
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", "/cache/hub")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hugging_face_cache() == hugging_face_cache(hub=True) == "the Hugging Face cache /cache/hub with HF_HUB_OFFLINE=1"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert hugging_face_cache() == "the Hugging Face cache /cache/hub"
+    assert hugging_face_cache(hub=True) == "the Hugging Face cache /cache/hub and on the Hub"
