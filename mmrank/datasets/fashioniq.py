@@ -11,6 +11,13 @@ is one item); every caption pair is a composed query (candidate image + the two 
 with "and") searched among its own category's images only. Recall@10/50 is reported per
 category (``dress/recall@10``), as the mean over categories (``macro/recall@10``, the number
 papers report as the average) and over all queries (``recall@10``).
+
+Scored as the validation code the CIR papers use (``compute_fiq_val_metrics`` and ``main`` in
+ABaldrati/CLIP4Cir ``src/validate.py``): per category, the share of captions whose target is in
+the top k of that category's split images, the reference image staying in the ranking (nothing is
+ignored); the "average recall" of R@10 (of R@50) is the mean of the three categories' values,
+``macro/recall@10``. The plain ``recall@10``, over all queries at once, is no number those
+papers print. Their ``average_recall``, (average R@10 + average R@50) / 2, is not computed.
 """
 
 from __future__ import annotations

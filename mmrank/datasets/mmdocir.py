@@ -3,6 +3,15 @@
 Every page of an annotated document is a page Item ``<doc_name>#page=<n>`` (n 1-based); every
 question is a Query searched among the pages of its own document only. Recall@1/3/5 is reported
 over the questions (micro) and as the mean over domains (``macro/``).
+
+Scored as MMDocIR's own page-level evaluation (``evaluate_page`` in MMDocRAG/MMDocIR
+``metric_eval.py``, which ``search.py`` runs with k = 1, 3, 5): per question, the labelled pages
+among the top k over the labelled pages; its "micro" line is the mean over every question, its
+"macro" the mean of the per-domain means. Where that code differs, the full annotation file never
+reaches the difference: it always divides its macro mean by its ten domains (a domain without
+questions adding 0), and the file's questions cover all ten; it divides by the length of
+``page_id`` with repeats, and the file repeats no page. Layout-level recall (box overlap with
+``layout_mapping``) is not computed.
 """
 
 from __future__ import annotations

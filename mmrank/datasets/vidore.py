@@ -1,8 +1,7 @@
 """ViDoRe visual document retrieval, in the Hugging Face parquet layouts of its three generations.
 
 - ``qa`` (v1 QA): one table whose rows are pages (``image``, ``image_filename``), some with a
-  ``query``; queries are deduplicated by text, and every row carrying a query text makes its page
-  relevant to it. Main metric nDCG@5.
+  ``query``; queries are deduplicated by text. Main metric nDCG@5.
 - ``beir`` (v1 BEIR, v2): configs ``corpus``, ``queries`` and ``qrels`` with ``corpus-id`` /
   ``query-id`` columns. Main metric nDCG@5.
 - ``v3``: the same configs with ``corpus_id`` / ``query_id``; the corpus's ``markdown`` becomes
@@ -10,6 +9,12 @@
 
 Pages are page Items whose image is written once into a cache folder; queries search the whole
 corpus.
+
+Scored as the official evaluators score (``ViDoReEvaluatorQA`` of illuin-tech/vidore-benchmark
+for ``qa``; MTEB's ViDoRe tasks, and vidore-benchmark's ``ViDoReEvaluatorBEIR``, for ``beir`` and
+``v3``): pytrec_eval's ``ndcg_cut`` (linear gain) and ``recall``, averaged over every judged query
+(one judged with 0 grades only scores 0: ``averaging="trec_eval"``). MTEB rounds each mean to 5
+decimals; mmrank does not.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ METRICS = {
     "v3": ("ndcg@10", "recall@5", "recall@10"),
 }
 CONFIGS = ("corpus", "queries", "qrels")
+QA_RELEVANCE = {
+    "last": "the page of the last row carrying the query's text (ViDoReEvaluatorQA, the v1 leaderboard)",
+    "all": "the page of every row carrying the query's text (the BEIR copies that MTEB evaluates)",
+}
 _ID_COLUMNS = {"beir": ("corpus-id", "query-id"), "v3": ("corpus_id", "query_id")}
 
 
@@ -53,28 +62,55 @@ def load_vidore(
     format: str | None = None,
     language: str | None = None,
     image_cache: str | Path | None = None,
+    qa_relevance: str = "last",
+    per_language: bool = True,
 ) -> RetrievalDataset:
     """Load a ViDoRe dataset folder (a Hugging Face dataset snapshot).
 
     ``format`` (``qa``, ``beir`` or ``v3``) is detected from the files when not given;
     ``language`` keeps only the queries of that language (``beir`` and ``v3``); page images go
     to ``image_cache`` (see :class:`~mmrank.datasets._parquet.PageImages`).
+
+    Scoring follows the official evaluators (see the module's docstring):
+
+    - ``qa_relevance`` (format ``qa``) says which page is relevant to a query whose text several
+      rows carry: ``"last"``, the last such row's page, as vidore-benchmark's
+      ``ViDoReEvaluatorQA`` judges (one page per query; a page whose file name equals the query's
+      text is also dropped from its ranking, as its ``ignore_identical_ids=True`` does), or
+      ``"all"``, every such row's page, as the BEIR copies of the v1 sets that MTEB evaluates
+      (``vidore-benchmark``'s ``convert_ds_from_qa_to_beir``);
+    - ``per_language``: when the queries are in several languages, each language's mean is also
+      reported (``english/ndcg@5``) and their mean (``macro/ndcg@5``): MTEB scores a multilingual
+      ViDoRe v2 / v3 task per language and reports the mean of the languages' scores. False
+      reports only the mean over all queries.
     """
+    if qa_relevance not in QA_RELEVANCE:
+        choices = "; ".join(f"{name!r}: {meaning}" for name, meaning in QA_RELEVANCE.items())
+        raise InputError(f"Unknown qa_relevance {qa_relevance!r}: choose {choices}.")
+    if not isinstance(per_language, bool):
+        raise InputError(f"per_language must be true or false; got {per_language!r}.")
     root = Path(root).expanduser().absolute()  # item sources stay valid from any cwd
     if not root.is_dir():
         raise InputError(f"ViDoRe dataset folder not found: {root}. {_expected()}")
     kind = _checked_format(format) if format is not None else detect_format(root, split)
     images = PageImages(root, image_cache)
+    ignored: dict[str, frozenset[str]] = {}
     if kind == "qa":
         if language is not None:
             raise InputError("The language filter needs a queries config (formats beir, v3); "
                              f"{root} is read as format qa.")
-        items, queries, qrels = _load_qa(root, split, images)
+        items, queries, qrels = _load_qa(root, split, images, every_row=qa_relevance == "all")
+        if qa_relevance == "last":  # ViDoReEvaluatorQA: query ids are texts, page ids file names
+            item_ids = {item.id for item in items}
+            ignored = {q.id: frozenset({q.text}) for q in queries if q.text in item_ids}
     else:
         items, queries, qrels = _load_configs(root, split, kind, language, images)
+    languages = {str(query.metadata.get("language")) for query in queries if "language" in query.metadata}
+    grouped = per_language and len(languages) > 1
     return RetrievalDataset(
         name=root.resolve().name, items=items, queries=queries, qrels=qrels, split=split,
-        metrics=METRICS[kind],
+        ignored=ignored, metrics=METRICS[kind], averaging="trec_eval",
+        group_by="language" if grouped else None, report_groups=grouped,
     )
 
 
@@ -130,9 +166,11 @@ def _qa_candidates(root: Path) -> list[Path]:
     return files or sorted(root.glob("*.parquet"))
 
 
-def _load_qa(root: Path, split: str, images: PageImages) -> tuple[list[Item], list[Query], Qrels]:
-    """Pages deduplicated by image_filename; queries by text, each judged relevant to the page of
-    every row that carries it."""
+def _load_qa(root: Path, split: str, images: PageImages,
+             every_row: bool) -> tuple[list[Item], list[Query], Qrels]:
+    """Pages deduplicated by image_filename (the first row's image); queries by text (the first
+    row's number as id), each judged relevant to the page of the last row that carries it, or of
+    every such row when ``every_row``."""
     files = split_files(_qa_candidates(root), split, root)
     if not files:
         raise InputError(f"ViDoRe folder {root} has no parquet table. Expected {FORMATS['qa']}.")
@@ -148,7 +186,10 @@ def _load_qa(root: Path, split: str, images: PageImages) -> tuple[list[Item], li
         if text is None:
             continue
         query = by_text.setdefault(text, Query(id=f"q{number}", text=text))
-        qrels.setdefault(query.id, {})[filename] = 1
+        if every_row:
+            qrels.setdefault(query.id, {})[filename] = 1
+        else:
+            qrels[query.id] = {filename: 1}
     if not by_text:
         raise InputError(f"{_describe(files)}: no row has a query.")
     return list(items.values()), list(by_text.values()), qrels
@@ -246,15 +287,15 @@ def _read_queries(
 def _read_qrels(
     files: Sequence[Path], id_columns: tuple[str, str], query_ids: set[str], item_ids: set[str]
 ) -> Qrels:
-    """Judgements by query id; a pair judged twice keeps its highest score."""
+    """Judgements by query id; a pair judged twice keeps its last score, as MTEB and
+    vidore-benchmark read qrels."""
     query_column, corpus_column = id_columns
     qrels: Qrels = {}
     for _, path, row, record in _rows(files, (query_column, corpus_column, "score")):
         query_id = _identifier(record[query_column], path, row, query_column)
         item_id = _identifier(record[corpus_column], path, row, corpus_column)
         score = _score(record["score"], path, row)
-        judged = qrels.setdefault(query_id, {})
-        judged[item_id] = max(score, judged.get(item_id, score))
+        qrels.setdefault(query_id, {})[item_id] = score
     if not qrels:
         raise InputError(f"{_describe(files)} holds no relevance judgements.")
     _check_known(files, query_column, qrels, query_ids, "queries")

@@ -386,3 +386,47 @@ def test_a_blank_or_null_image_path_means_none_and_the_bytes_are_used(tmp_path: 
     rows[0]["image_path"], rows[1]["image_path"], rows[2]["image_path"] = "", "  ", None
     dataset = load_mmdocir(write_mmdocir(tmp_path / "ds", rows=rows))
     assert [_size(item.source) for item in dataset.items[:3]] == [(24, 30), (25, 31), (26, 32)]
+
+
+# --- scored as MMDocIR's own evaluate_page ----------------------------------------------------
+
+# 0-based page numbers within each question's document, best first, as metric_eval's
+# top_k_indices gives them.
+PAGE_RANKINGS = {"annual.pdf/q0": [1, 0, 2], "annual.pdf/q1": [2, 1, 0], "budget.pdf/q0": [0, 1],
+                 "news.pdf/q0": [0, 1]}
+
+
+def _official_page_recall(documents: list[dict[str, Any]], k: int) -> dict[str, float]:
+    """evaluate_page(metric="recall") re-done by hand: per question |set(top k) & set(page_id)| /
+    len(page_id); "micro" the mean over the questions, "macro" the mean of the domain means (the
+    official code lists the full set's ten domains, which all have questions; here the domains
+    of these documents)."""
+    by_domain: dict[str, list[float]] = {}
+    for document in documents:
+        for index, question in enumerate(document["questions"]):
+            top = PAGE_RANKINGS[f"{document['doc_name']}/q{index}"][:k]
+            truth = question["page_id"]
+            by_domain.setdefault(document["domain"], []).append(len(set(top) & set(truth)) / len(truth))
+    values = [value for domain in by_domain.values() for value in domain]
+    return {"micro": sum(values) / len(values),
+            "macro": sum(sum(v) / len(v) for v in by_domain.values()) / len(by_domain)}
+
+
+def test_recall_equals_mmdocirs_evaluate_page(tmp_path: Path) -> None:
+    from mmrank.evaluation import score_judgements
+
+    documents = copy.deepcopy(DOCUMENTS)
+    documents[0]["questions"][1]["page_id"] = [2, 0]  # two labelled pages: recall@1 is 1/2
+    dataset = load_mmdocir(write_mmdocir(tmp_path / "ds", documents))
+    rankings = {qid: [f"{qid.split('/')[0]}#page={page + 1}" for page in pages]
+                for qid, pages in PAGE_RANKINGS.items()}
+    groups = {query.id: query.metadata[dataset.group_by] for query in dataset.queries}
+    scored = score_judgements(rankings, dataset.judgements()[""], dataset.metrics, groups)
+    assert scored.pop("queries") == 4
+    for k in (1, 3, 5):
+        official = _official_page_recall(documents, k)
+        assert scored[f"recall@{k}"] == pytest.approx(official["micro"], abs=1e-12)
+        assert scored[f"macro/recall@{k}"] == pytest.approx(official["macro"], abs=1e-12)
+    # By hand, recall@1: Financial report 0, 1/2, 1 (mean 1/2), News 0.
+    assert (scored["recall@1"], scored["macro/recall@1"]) == (1.5 / 4, 0.25)
+    assert (scored["recall@3"], scored["macro/recall@3"]) == (1.0, 1.0)

@@ -4,6 +4,7 @@ format detection, pages, queries, judgements, cached images, and every error."""
 from __future__ import annotations
 
 import io
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ QA_TYPES = {"query": pa.string(), "image": IMAGE, "image_filename": pa.string(),
 QA_ROWS = [
     {"query": "What is the revenue?", "image": _image(30), "image_filename": "docs/a.png", "answer": "1"},
     {"query": None, "image": _image(31), "image_filename": "docs/b.png", "answer": None},
-    # The same question on another page: both pages are relevant to it.
+    # The same question on another page: ViDoReEvaluatorQA judges only the last row's page
+    # relevant (qa_relevance="last"); the BEIR copies MTEB reads judge both ("all").
     {"query": "What is the revenue?", "image": _image(32), "image_filename": "docs/c.png", "answer": "2"},
     # The same page again, with another question: one item.
     {"query": "Who signed it?", "image": _image(99), "image_filename": "docs/c.png", "answer": "Bo"},
@@ -76,11 +78,13 @@ def test_qa_rows_give_deduplicated_pages_and_queries(tmp_path: Path) -> None:
     assert {Path(item.source).suffix for item in dataset.items} == {".png"}
     assert dataset.queries == [Query(id="q0", text="What is the revenue?"),
                                Query(id="q3", text="Who signed it?")]
-    assert dataset.qrels == {"q0": {"docs/a.png": 1, "docs/c.png": 1}, "q3": {"docs/c.png": 1}}
+    assert dataset.qrels == {"q0": {"docs/c.png": 1}, "q3": {"docs/c.png": 1}}
     assert (dataset.name, dataset.split) == ("docvqa_test_subsampled", "test")
     assert dataset.metrics[0] == "ndcg@5"
-    assert dataset.group_by is None
+    assert (dataset.group_by, dataset.averaging, dataset.ignored) == (None, "trec_eval", {})
     assert detect_format(root) == "qa"
+    every_row = load_vidore(root, qa_relevance="all")
+    assert every_row.qrels == {"q0": {"docs/a.png": 1, "docs/c.png": 1}, "q3": {"docs/c.png": 1}}
 
 
 def test_qa_table_at_the_root_and_in_several_shards(tmp_path: Path) -> None:
@@ -93,7 +97,7 @@ def test_qa_table_at_the_root_and_in_several_shards(tmp_path: Path) -> None:
     write_qa(root, QA_ROWS[:1], "data/train-00000-of-00001.parquet")  # another split: not read
     dataset = load_vidore(root)
     assert [q.id for q in dataset.queries] == ["q0", "q3"]  # row numbers run on across shards
-    assert dataset.qrels == {"q0": {"docs/a.png": 1, "docs/c.png": 1}, "q3": {"docs/c.png": 1}}
+    assert dataset.qrels == {"q0": {"docs/c.png": 1}, "q3": {"docs/c.png": 1}}
     assert len(dataset.items) == 4
 
 
@@ -150,7 +154,7 @@ BEIR_ROWS = {
         {"query-id": 10, "corpus-id": 0, "score": 1},
         {"query-id": 11, "corpus-id": 1, "score": 1},
         {"query-id": 12, "corpus-id": 2, "score": 1},
-        {"query-id": 12, "corpus-id": 2, "score": 2},  # judged twice: the higher score holds
+        {"query-id": 12, "corpus-id": 2, "score": 2},  # judged twice: the last score holds
         {"query-id": 12, "corpus-id": 0, "score": 1},
     ],
 }
@@ -220,6 +224,7 @@ def test_v3_configs_use_markdown_and_ndcg_at_10(tmp_path: Path) -> None:
     assert dataset.queries == [Query(id="0", text="Leave policy?", metadata={"language": "english"})]
     assert dataset.qrels == {"0": {"1": 2}}
     assert dataset.metrics[0] == "ndcg@10"
+    assert (dataset.averaging, dataset.group_by) == ("trec_eval", None)  # one language: no groups
 
 
 def test_second_load_reuses_the_cached_images(tmp_path: Path) -> None:
@@ -427,3 +432,145 @@ def test_nested_and_symlinked_image_paths_still_load(tmp_path: Path) -> None:
     assert [item.source for item in dataset.items] == [str(root / "pages" / "a" / "b.png"),
                                                         str(root / "linked" / "c.png")]
     assert _size(dataset.items[1].source) == (56, 78)
+
+
+# --- scored as the official evaluators score ---------------------------------------------------
+
+
+def _pytrec_means(qrels: dict[str, dict[str, int]], rankings: dict[str, list[str]],
+                  measures: dict[str, str]) -> dict[str, float]:
+    """pytrec_eval on ``rankings`` (best first, given decreasing scores), the mean over the
+    queries it returns, as vidore-benchmark's CustomRetrievalEvaluator and MTEB's
+    calculate_retrieval_scores average (before MTEB's rounding)."""
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    run = {qid: {doc: float(len(order) - rank) for rank, doc in enumerate(order)}
+           for qid, order in rankings.items()}
+    scores = pytrec_eval.RelevanceEvaluator(qrels, set(measures.values())).evaluate(run)
+    return {ours: sum(s[theirs] for s in scores.values()) / len(scores) for ours, theirs in measures.items()}
+
+
+PYTREC = {"ndcg@5": "ndcg_cut_5", "recall@1": "recall_1", "recall@5": "recall_5"}
+# Pages 0..3; "docs/p1.png" is also a query's text, which ViDoReEvaluatorQA (ignore_identical_ids)
+# drops from that query's ranking.
+QA_PARITY_ROWS = [
+    {"query": "revenue?", "image": _image(60), "image_filename": "p0.png", "answer": None},
+    {"query": "p1.png", "image": _image(61), "image_filename": "p1.png", "answer": None},
+    {"query": "revenue?", "image": _image(62), "image_filename": "p2.png", "answer": None},
+    {"query": None, "image": _image(63), "image_filename": "p3.png", "answer": None},
+]
+QA_RANKINGS = {"q0": ["p0.png", "p1.png", "p2.png", "p3.png"], "q1": ["p3.png", "p1.png", "p0.png", "p2.png"]}
+
+
+def _vidore_qa_reference(rows: list[dict[str, Any]], rankings: dict[str, list[str]],
+                         every_row: bool) -> dict[str, float]:
+    """ViDoReEvaluatorQA re-done by hand (every_row=False): queries keyed by text, the relevant page
+    the last row's, a page whose file name equals the query's text popped from its results; or
+    the BEIR copy MTEB reads (every_row=True): every row's page relevant, nothing popped."""
+    ids = {"revenue?": "q0", "p1.png": "q1"}
+    qrels: dict[str, dict[str, int]] = {}
+    for row in rows:
+        if row["query"] is not None:
+            judged = qrels.setdefault(row["query"], {}) if every_row else {}
+            judged[row["image_filename"]] = 1
+            qrels[row["query"]] = judged
+    runs = {text: [page for page in rankings[qid] if every_row or page != text] for text, qid in ids.items()}
+    return _pytrec_means(qrels, runs, PYTREC)
+
+
+@pytest.mark.parametrize("qa_relevance", ["last", "all"])
+def test_qa_scores_equal_the_official_evaluators(tmp_path: Path, qa_relevance: str) -> None:
+    from mmrank.evaluation import score_judgements
+
+    dataset = load_vidore(write_qa(tmp_path / "ds", QA_PARITY_ROWS), qa_relevance=qa_relevance)
+    last = qa_relevance == "last"
+    assert dataset.qrels == {"q0": {"p2.png": 1} if last else {"p0.png": 1, "p2.png": 1}, "q1": {"p1.png": 1}}
+    assert dataset.ignored == ({"q1": frozenset({"p1.png"})} if last else {})
+    scored = score_judgements(QA_RANKINGS, dataset.judgements()[""], dataset.metrics)
+    reference = _vidore_qa_reference(QA_PARITY_ROWS, QA_RANKINGS, every_row=not last)
+    for name in PYTREC:
+        assert scored[name] == pytest.approx(reference[name], abs=1e-12), name
+    # By hand. "last": q0's page p2 at rank 3; q1's page p1 is ignored (its own text), so 0.
+    # "all": q0's pages at ranks 1 and 3; q1's page p1 at rank 2.
+    if last:
+        assert scored["ndcg@5"] == pytest.approx((1 / math.log2(4) + 0) / 2)
+        assert (scored["recall@1"], scored["recall@5"]) == (0.0, 0.5)
+    else:
+        q0 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+        assert scored["ndcg@5"] == pytest.approx((q0 + 1 / math.log2(3)) / 2)
+        assert (scored["recall@1"], scored["recall@5"]) == (0.25, 1.0)
+
+
+MULTILINGUAL = {
+    "corpus": [{"corpus-id": i, "image": _image(70 + i), "doc-id": "report"} for i in range(4)],
+    "queries": [
+        {"query-id": 20, "query": "plant?", "language": "english"},
+        {"query-id": 21, "query": "energy?", "language": "english"},
+        {"query-id": 22, "query": "usine ?", "language": "french"},
+        {"query-id": 23, "query": "énergie ?", "language": "french"},
+    ],
+    "qrels": [
+        {"query-id": 20, "corpus-id": 0, "score": 1}, {"query-id": 20, "corpus-id": 1, "score": 2},
+        {"query-id": 21, "corpus-id": 2, "score": 2}, {"query-id": 21, "corpus-id": 3, "score": 2},
+        {"query-id": 21, "corpus-id": 2, "score": 1},  # judged twice: MTEB keeps the last score, 1
+        {"query-id": 22, "corpus-id": 1, "score": 1},
+        {"query-id": 23, "corpus-id": 0, "score": 0},  # judged, nothing relevant: counts as 0
+    ],
+}
+MULTILINGUAL_RANKINGS = {"20": ["1", "2", "0", "3"], "21": ["2", "3", "0", "1"], "22": ["0", "2", "3", "1"],
+                         "23": ["0", "1", "2", "3"]}
+
+
+def _mteb_reference(rankings: dict[str, list[str]]) -> dict[str, float]:
+    """A multilingual ViDoRe task as MTEB scores it: qrels read row by row (a later row of a pair
+    replaces it), one subset per language (that language's queries, all the qrels), pytrec_eval's
+    mean per subset; the task's score is the mean over the subsets."""
+    qrels: dict[str, dict[str, int]] = {}
+    for row in MULTILINGUAL["qrels"]:
+        qrels.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = row["score"]
+    languages: dict[str, list[str]] = {}
+    for row in MULTILINGUAL["queries"]:
+        languages.setdefault(row["language"], []).append(str(row["query-id"]))
+    reference = {}
+    for language, qids in languages.items():
+        means = _pytrec_means(qrels, {qid: rankings[qid] for qid in qids}, PYTREC)
+        reference.update({f"{language}/{name}": value for name, value in means.items()})
+    for name in PYTREC:
+        reference[f"macro/{name}"] = sum(reference[f"{lang}/{name}"] for lang in languages) / len(languages)
+    reference.update(_pytrec_means(qrels, rankings, PYTREC))  # every query at once
+    return reference
+
+
+def test_multilingual_beir_scores_equal_mtebs(tmp_path: Path) -> None:
+    from mmrank.evaluation import evaluate
+    from tests.datasets.test_cir import _fixed_pipeline
+
+    dataset = load_vidore(write_configs(tmp_path / "esg_reports_v2", MULTILINGUAL, BEIR_TYPES))
+    assert dataset.qrels["21"] == {"2": 1, "3": 2}
+    assert (dataset.averaging, dataset.group_by, dataset.report_groups) == ("trec_eval", "language", True)
+    [report] = evaluate(_fixed_pipeline(dataset, MULTILINGUAL_RANKINGS), dataset)
+    reference = _mteb_reference(MULTILINGUAL_RANKINGS)
+    assert report.metrics.pop("queries") == 4  # query 23 counts, with 0
+    assert set(report.metrics) == set(reference)
+    for name, value in reference.items():
+        assert report.metrics[name] == pytest.approx(value, abs=1e-12), name
+    # By hand: 21 ranks its pages (grades 1, 2) first and second: DCG (1 + 2/log2 3), ideal (2 + 1/log2 3).
+    q21 = (1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3))
+    english = ((2 + 1 / math.log2(4)) / (2 + 1 / math.log2(3)) + q21) / 2
+    french = (1 / math.log2(5) + 0) / 2
+    assert report.metrics["english/ndcg@5"] == pytest.approx(english)
+    assert report.metrics["french/ndcg@5"] == pytest.approx(french)
+    assert report.metrics["macro/ndcg@5"] == pytest.approx((english + french) / 2)
+
+    single = load_vidore(tmp_path / "esg_reports_v2", per_language=False)
+    assert (single.group_by, single.report_groups) == (None, False)
+    [report] = evaluate(_fixed_pipeline(single, MULTILINGUAL_RANKINGS), single)
+    assert set(report.metrics) == {*PYTREC, "queries"}
+    assert report.metrics["ndcg@5"] == pytest.approx(reference["ndcg@5"], abs=1e-12)
+
+
+def test_scoring_options_are_checked(tmp_path: Path) -> None:
+    root = write_qa(tmp_path / "ds")
+    with pytest.raises(InputError, match=r"Unknown qa_relevance 'first': choose 'last': .*; 'all': "):
+        load_vidore(root, qa_relevance="first")
+    with pytest.raises(InputError, match=r"per_language must be true or false; got 'no'"):
+        load_vidore(root, per_language="no")
