@@ -1,4 +1,4 @@
-"""The ``mmrank`` command line: index, search, info, eval, demo.
+"""The ``mmrank`` command line: index, search, info, eval, score, demo.
 
 Only typer is imported at start-up; every command imports what it needs, so ``--help`` is fast.
 """
@@ -322,14 +322,14 @@ def evaluate(
             runner = _pipeline(pipeline, collection, mllm, mllm_url, trust_remote_code)
             shown: list = []
 
-            def on_batch(rankings) -> None:
+            def on_batch(ranked) -> None:
                 if collected is not None:
-                    collected(rankings)
+                    collected(ranked)
                 if report is not None:
-                    shown.extend(r.top(REPORT_HITS) for r in rankings[:max(0, report_queries - len(shown))])
+                    shown.extend(r.ranking.top(REPORT_HITS) for r in ranked[:max(0, report_queries - len(shown))])
 
             stages = run_evaluation(runner, dataset, wanted, k=depth, progress=not as_json, on_batch=on_batch,
-                                    save_runs=save_runs)
+                                    save_runs=save_runs, hits=REPORT_HITS if report is not None else 0)
             if report is not None:
                 from mmrank.report import write_html_report
 
@@ -361,6 +361,61 @@ def evaluate(
     typer.echo(format_table(["stage", *columns, "ms/query"], rows))
     typer.echo("Queries counted in the means: " + ", ".join(
         f"{name.rpartition('/')[0] or 'all'} {count}" for name, count in counted.items()))
+
+
+@app.command()
+def score(
+    qrels_path: Annotated[Path, typer.Argument(metavar="QRELS", help="TREC qrels file: 'qid 0 docid grade' per line.")],
+    run_paths: Annotated[list[Path], typer.Argument(
+        metavar="RUN", help="One or more TREC run files: 'qid Q0 docid rank score tag' per line, ranked by score as "
+                               "trec_eval ranks them.")],
+    metrics: Annotated[Optional[str], typer.Option(
+        help="Comma-separated metrics, as mmrank eval names them: recall@K, hit@K, map@K, map, ndcg@K, mrr ...",
+        show_default="mmrank eval's: recall@1,recall@5,recall@10,map@10,ndcg@10,mrr")] = None,
+    averaging: Annotated[str, typer.Option(
+        help="Which queries the means count: trec_eval (the judged queries the run ranks, as trec_eval and "
+             "pytrec_eval count) or relevant (every judged query with a relevant item, one without a ranking "
+             "scoring 0, as trec_eval -c).")] = "trec_eval",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score TREC run files against a qrels file: check what mmrank eval --save-runs printed, or score
+    a run made elsewhere. Problems that do not stop the scoring (duplicate lines, negative grades,
+    queries only one file has) are counted on stderr; a malformed line is an error naming its line."""
+    from mmrank.evaluation import DEFAULT_METRICS
+    from mmrank.metrics import AVERAGING, describe_metric, evaluate_rankings
+    from mmrank.trec_files import check_run, read_qrels, read_run
+
+    wanted = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else list(DEFAULT_METRICS)
+    definitions = {name: describe_metric(name) for name in wanted}  # an unknown metric fails before any reading
+    if averaging not in AVERAGING:
+        raise InputError(f"--averaging must be one of {', '.join(AVERAGING)}; got {averaging!r}.")
+    qrels = read_qrels(qrels_path)
+    problems = qrels.problems.describe()
+    scored = []
+    for path in run_paths:
+        run = read_run(path)
+        shared = check_run(run, qrels)
+        problems += run.problems.describe() + shared.describe()
+        try:
+            values = evaluate_rankings(run.rankings, qrels.judgements, wanted, averaging=averaging)
+        except InputError as error:  # no query of this run can be scored: say so, score the others
+            problems.append(f"{path}: not scored: {error}")
+            values = {"queries": 0}
+        scored.append({"run": str(path), "tag": run.tag, "queries": int(values.pop("queries")),
+                       "metrics": values or None, "problems": {**run.problems.counts, **shared.counts}})
+    for line in problems:
+        typer.echo(line, err=True)
+    if as_json:
+        typer.echo(json.dumps({"qrels": str(qrels_path), "averaging": averaging, "definitions": definitions,
+                               "qrels_problems": qrels.problems.counts, "runs": scored}, indent=2))
+    else:
+        from mmrank.report import format_table
+
+        rows = [[s["run"], *(f"{s['metrics'][m]:.4f}" if s["metrics"] else "-" for m in wanted), str(s["queries"])]
+                for s in scored]
+        typer.echo(format_table(["run", *wanted, "queries"], rows))
+    if any(s["metrics"] is None for s in scored):
+        raise typer.Exit(code=1)
 
 
 @app.command(name="convert-revisited")

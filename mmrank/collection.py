@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mmrank.columns import ItemTable, RowHits
 from mmrank.encoders.bound import BoundEncoders
 from mmrank.errors import CollectionError, InputError, listing
 from mmrank.faiss_tools import check_factory
@@ -273,6 +274,18 @@ class Collection:
         if encoder is not None:
             self.check_encoder(space, encoder, self.manifest.space(space).dim)
         return self.indexes.search_vectors(space, queries, k, among=among)
+
+    def search_vector_rows(self, space: str, queries: np.ndarray, k: int, *, encoder: str | None = None,
+                           among: Sequence[Iterable[str] | None] | None = None) -> list[RowHits]:
+        """:meth:`search_vectors` with each query's hits as arrays (rows of :meth:`item_table` and
+        scores), for rankings that go deep (evaluation)."""
+        if encoder is not None:
+            self.check_encoder(space, encoder, self.manifest.space(space).dim)
+        return self.indexes.search_vector_rows(space, queries, k, among=among)
+
+    def item_table(self) -> ItemTable:
+        """A row number for every item (:class:`mmrank.columns.ItemTable`), for rankings held as arrays."""
+        return self.indexes.item_table()
 
     def search_bm25(self, texts: Sequence[str], k: int, *,
                     among: Sequence[Iterable[str] | None] | None = None) -> list[Hits]:

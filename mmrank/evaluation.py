@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Collection as Collection_
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from mmrank.collection import Collection
+from mmrank.columns import ItemTable, RowOrder
 from mmrank.datasets import RetrievalDataset
 from mmrank.datasets.base import Judgements
 from mmrank.errors import InputError
 from mmrank.indexing import ItemEncoder
-from mmrank.metrics import counted_queries, parse_metric, score_queries
-from mmrank.pipeline import Pipeline
-from mmrank.types import Ranking
+from mmrank.metrics import Found, counted_queries, found_in, parse_metric, score_found
+from mmrank.pipeline import Pipeline, RankedRows
 
 DEFAULT_METRICS = ("recall@1", "recall@5", "recall@10", "map@10", "ndcg@10", "mrr")
 
@@ -43,6 +46,15 @@ def add_dataset_items(collection: Collection, dataset: RetrievalDataset, encoder
     return len(missing)
 
 
+PAIRS_PER_BATCH = 1 << 23
+
+
+def deep_batch(batch_size: int, depth: int) -> int:
+    """How many queries to rank at once, ``depth`` deep: ``batch_size``, fewer when that would
+    hold more than :data:`PAIRS_PER_BATCH` (8.4M) (query, item) pairs in memory at once."""
+    return max(1, min(batch_size, PAIRS_PER_BATCH // max(1, depth)))
+
+
 def ranking_depth(metrics: list[str], items: int, full: bool = False) -> int:
     """How deep rankings must go for these metrics: every item when one has no cutoff, or when
     ``full`` (a dataset that scores rankings restricted to a subset of the items)."""
@@ -54,9 +66,10 @@ def ranking_depth(metrics: list[str], items: int, full: bool = False) -> int:
 
 def evaluate(pipeline: Pipeline, dataset: RetrievalDataset, metrics: Sequence[str] | None = None,
              *, k: int | None = None, batch_size: int = 64, progress: bool = False,
-             on_batch: Callable[[Sequence[Ranking]], None] | None = None,
-             save_runs: str | Path | None = None) -> list[StageReport]:
-    """Run every query (``batch_size`` at a time through the first stage) and score the order after
+             on_batch: Callable[[Sequence[RankedRows]], None] | None = None,
+             save_runs: str | Path | None = None, hits: int = 0) -> list[StageReport]:
+    """Run every query (``batch_size`` at a time through the first stage, fewer when ranking
+    deep: :func:`deep_batch`) and score the order after
     each stage (first stage, then each reranker); latency is the mean time per query per stage.
 
     ``metrics`` defaults to the dataset's own, else :data:`DEFAULT_METRICS`; they, and the
@@ -69,9 +82,12 @@ def evaluate(pipeline: Pipeline, dataset: RetrievalDataset, metrics: Sequence[st
     dataset asks (see :class:`RetrievalDataset`). A protocol with no judged query reports only
     ``<protocol>/queries`` = 0.
 
-    ``on_batch``, when given, is called with each batch's final rankings (as
-    :meth:`Pipeline.search_batch` returns them), e.g. to write a submission without keeping
-    every ranking here.
+    Rankings are held as arrays of item rows (:meth:`Pipeline.search_rows`): rerankers get Hits
+    for the head they look at and the tail stays an array, so ranking every item costs little
+    more than the searches. ``on_batch``, when given, is called with each batch's
+    :class:`~mmrank.pipeline.RankedRows` (``.ids()`` lists the final order; ``.ranking`` holds
+    the first ``hits`` of it, at least the rerankers' head, as Hits), e.g. to write a submission
+    or a report without keeping every ranking here.
 
     ``save_runs``, a folder, receives what was scored as TREC files (:mod:`mmrank.trec_files`):
     per judgement set, ``[<protocol>.]qrels.txt`` (the judgements of the queries the means count)
@@ -87,34 +103,40 @@ def evaluate(pipeline: Pipeline, dataset: RetrievalDataset, metrics: Sequence[st
     for name in [*metrics, *own]:
         parse_metric(name)
     k = k or ranking_depth([*metrics, *own], len(dataset.items), full=dataset.needs_full_ranking)
-    orders: dict[str, dict[str, list[str]]] = {}
+    batch_size = deep_batch(batch_size, k)
+    orders: dict[str, dict[str, RowOrder]] = {}
+    tables: dict[str, ItemTable] = {}  # query id -> the table its rows number (one per collection)
     seconds: dict[str, float] = {}
     with tqdm(total=len(dataset.queries), desc="Queries", disable=not progress) as bar:
         for start in range(0, len(dataset.queries), batch_size):
             batch = dataset.queries[start:start + batch_size]
-            rankings = pipeline.search_batch(batch, k, snippets=False)
-            for query, ranking in zip(batch, rankings):
-                for stage, spent in ranking.timings.items():
-                    orders.setdefault(stage, {})[query.id] = ranking.order_after(stage)
+            ranked = pipeline.search_rows(batch, k, hits=hits)
+            for query, found in zip(batch, ranked):
+                tables[query.id] = found.table
+                for stage, order in found.orders.items():
+                    orders.setdefault(stage, {})[query.id] = order
+                for stage, spent in found.timings.items():
                     seconds[stage] = seconds.get(stage, 0.0) + spent
             if on_batch is not None:
-                on_batch(rankings)
+                on_batch(ranked)
             bar.update(len(batch))
     if save_runs is not None:
-        _save_runs(Path(save_runs), orders, judgement_sets, pipeline)
+        _save_runs(Path(save_runs), orders, tables, judgement_sets, pipeline)
     groups = _groups(dataset)
     count = max(1, len(dataset.queries))
     reports = []
     for stage, order in orders.items():
         values: dict[str, float] = {}
         for prefix, judgements in judgement_sets.items():
-            values.update(score_judgements(order, judgements, metrics, groups, prefix,
-                                           report_groups=dataset.report_groups))
+            found = {qid: found_in_rows(rows, tables[qid], judgements.qrels[qid], judgements.ignored.get(qid, ()),
+                                        judgements.within.get(qid))
+                     for qid, rows in order.items() if qid in judgements.qrels}
+            values.update(_means(found, judgements, metrics, groups, prefix, report_groups=dataset.report_groups))
         reports.append(StageReport(stage, values, 1000 * seconds[stage] / count))
     return reports
 
 
-def score_judgements(rankings: dict[str, list[str]], judgements: Judgements, metrics: Sequence[str],
+def score_judgements(rankings: Mapping[str, Sequence[str]], judgements: Judgements, metrics: Sequence[str],
                      groups: dict[str, str] | None = None, prefix: str = "", *,
                      report_groups: bool = False) -> dict[str, float]:
     """Mean metrics of ``rankings`` under one judgement set, ignored items removed first, then
@@ -123,11 +145,44 @@ def score_judgements(rankings: dict[str, list[str]], judgements: Judgements, met
     the mean of the per-group means as ``macro/<metric>``, and with ``report_groups`` each
     group's mean as ``<group>/<metric>``. Keys carry ``prefix + "/"`` when a prefix is given;
     ``queries`` counts the scored queries (with none, it is the only key)."""
+    found = {qid: found_in(order, judgements.qrels[qid])
+             for qid, order in scored_rankings(rankings, judgements).items() if qid in judgements.qrels}
+    return _means(found, judgements, metrics, groups, prefix, report_groups=report_groups)
+
+
+def found_in_rows(order: RowOrder | np.ndarray, table: ItemTable, relevance: Mapping[str, int],
+                  ignored: Collection_[str] = (), within: Collection_[str] | None = None) -> Found:
+    """Where ``order`` (distinct item rows of ``table``, best first) put the relevant items of
+    ``relevance``, ranked as :func:`score_judgements` ranks: ``ignored`` ids removed first, then
+    kept to the ``within`` ids when given. One pass over ``order``; no id list is built."""
+    order = order if isinstance(order, RowOrder) else RowOrder.of(order)
+    judged = [(item_id, grade) for item_id, grade in relevance.items()
+              if grade > 0 and item_id not in ignored and (within is None or item_id in within)]
+    if not judged:
+        return Found()
+    scope = list(within) if within is not None else list(ignored)
+    at = order.positions(table.rows([*(item_id for item_id, _ in judged), *scope]), len(table))
+    relevant_at, scope_at = at[:len(judged)], at[len(judged):]
+    if within is not None:  # the rank among the within items that are not ignored
+        kept = np.sort(scope_at[[item_id not in ignored for item_id in scope] & (scope_at >= 0)])
+        ranks = np.searchsorted(kept, relevant_at) + 1
+    elif not len(scope_at):
+        ranks = relevant_at + 1
+    else:  # the rank once the ignored items above it are removed
+        ranks = relevant_at + 1 - np.searchsorted(np.sort(scope_at[scope_at >= 0]), relevant_at)
+    pairs = sorted((int(rank), grade) for rank, position, (_, grade) in zip(ranks, relevant_at, judged)
+                   if position >= 0)
+    return Found(tuple(rank for rank, _ in pairs), tuple(grade for _, grade in pairs))
+
+
+def _means(found: Mapping[str, Found], judgements: Judgements, metrics: Sequence[str],
+           groups: dict[str, str] | None, prefix: str, *, report_groups: bool) -> dict[str, float]:
+    """The means :func:`score_judgements` reports, from each ranked judged query's :class:`Found`."""
     if judgements.averaging == "relevant" and not any(
             any(grade > 0 for grade in relevance.values()) for relevance in judgements.qrels.values()):
         return {f"{prefix}/queries" if prefix else "queries": 0}
-    per_query = score_queries(scored_rankings(rankings, judgements), judgements.qrels,
-                              judgements.metrics or metrics, averaging=judgements.averaging)
+    counted = counted_queries(found, judgements.qrels, judgements.averaging)
+    per_query = score_found(found, counted, judgements.metrics or metrics)
     results: dict[str, float] = {}
     for name, values in per_query.items():
         results[name] = sum(values.values()) / len(values)
@@ -139,24 +194,47 @@ def score_judgements(rankings: dict[str, list[str]], judgements: Judgements, met
             if report_groups:
                 for group, group_values in by_group.items():
                     results[f"{group}/{name}"] = sum(group_values) / len(group_values)
-    results["queries"] = len(next(iter(per_query.values()), {}))
+    results["queries"] = len(counted)
     return {f"{prefix}/{key}" if prefix else key: value for key, value in results.items()}
 
 
-def scored_rankings(rankings: dict[str, list[str]], judgements: Judgements) -> dict[str, list[str]]:
+def scored_rankings(rankings: Mapping[str, Sequence[str]], judgements: Judgements) -> dict[str, list[str]]:
     """``rankings`` as ``judgements`` score them: each query's ignored ids removed, and kept to its
     ``within`` ids when it has some."""
     return {qid: _restricted(order, judgements.ignored.get(qid, ()), judgements.within.get(qid))
             for qid, order in rankings.items()}
 
 
-def _restricted(order: list[str], ignored: frozenset[str] | tuple, within: frozenset[str] | None) -> list[str]:
+def _restricted(order: Sequence[str], ignored: Collection_[str], within: Collection_[str] | None) -> list[str]:
     """``order`` less the ignored ids, and kept to the ``within`` ids when given."""
     return [i for i in order if i not in ignored and (within is None or i in within)]
 
 
-def _save_runs(folder: Path, orders: dict[str, dict[str, list[str]]], judgement_sets: dict[str, Judgements],
-               pipeline: Pipeline) -> None:
+class _ScoredRows(Mapping):
+    """Rankings held as item rows, as ``judgements`` score them (:func:`scored_rankings`), listed
+    as ids one query at a time (for writing run files without holding every id)."""
+
+    def __init__(self, orders: Mapping[str, RowOrder], tables: Mapping[str, ItemTable],
+                 judgements: Judgements) -> None:
+        self.orders, self.tables, self.judgements = orders, tables, judgements
+
+    def __getitem__(self, qid: str) -> list[str]:
+        order, table = self.orders[qid].rows(), self.tables[qid]
+        keep = ~np.isin(order, table.rows(self.judgements.ignored.get(qid, ())))
+        within = self.judgements.within.get(qid)
+        if within is not None:
+            keep &= np.isin(order, table.rows(within))
+        return table.id_list(order[keep])
+
+    def __iter__(self):
+        return iter(self.orders)
+
+    def __len__(self) -> int:
+        return len(self.orders)
+
+
+def _save_runs(folder: Path, orders: dict[str, dict[str, RowOrder]], tables: Mapping[str, ItemTable],
+               judgement_sets: dict[str, Judgements], pipeline: Pipeline) -> None:
     from mmrank.trec_files import file_name, write_qrels, write_run
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -169,7 +247,7 @@ def _save_runs(folder: Path, orders: dict[str, dict[str, list[str]]], judgement_
             counted = {}
         write_qrels(folder / f"{start}qrels.txt", counted)
         for stage, order in orders.items():
-            write_run(folder / f"{start}{file_name(stage)}.run", scored_rankings(order, judgements),
+            write_run(folder / f"{start}{file_name(stage)}.run", _ScoredRows(order, tables, judgements),
                       tag=file_name(f"{pipeline.name or 'mmrank'}-{stage}"))
 
 
@@ -189,11 +267,11 @@ class SubmissionRankings:
             for qid, ids in judgements.within.items():
                 self._within[qid] = self._within.get(qid, frozenset()) | ids
 
-    def __call__(self, rankings: Sequence[Ranking]) -> None:
-        for ranking in rankings:
-            ids = ranking.ids
-            wanted = self._within.get(ranking.query.id, frozenset())
-            self.rankings[ranking.query.id] = ids[:self.depth] + [i for i in ids[self.depth:] if i in wanted]
+    def __call__(self, ranked: Sequence[RankedRows]) -> None:
+        for found in ranked:
+            ids = found.ids()
+            wanted = self._within.get(found.query.id, frozenset())
+            self.rankings[found.query.id] = ids[:self.depth] + [i for i in ids[self.depth:] if i in wanted]
 
 
 def _groups(dataset: RetrievalDataset) -> dict[str, str] | None:

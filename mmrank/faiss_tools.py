@@ -169,6 +169,55 @@ def id_map_labels(index: Any) -> np.ndarray | None:
     return np.sort(faiss.vector_to_array(outer.id_map))
 
 
+DEEP_SEARCH = 4  # a search for more than 1/DEEP_SEARCH of an exact index's vectors sorts every score
+
+
+def flat_view(index: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The stored vectors (a read-only view, not a copy) and labels of an exact inner-product CPU
+    index wrapped in ``IndexIDMap2`` (as :func:`new_index` makes for ``Flat``); None for any other
+    index."""
+    import faiss
+
+    if not isinstance(index, faiss.IndexIDMap2):
+        return None
+    inner = faiss.downcast_index(index.index)
+    if not isinstance(inner, faiss.IndexFlat) or inner.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return None
+    vectors = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d)
+    vectors.flags.writeable = False
+    return vectors, faiss.vector_to_array(index.id_map)
+
+
+def sorted_search(vectors: np.ndarray, labels: np.ndarray, queries: np.ndarray,
+                  k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, labels) of the ``k`` best inner products per query, by computing all of them and
+    sorting: a matrix product and a sort instead of FAISS's heaps, for deep searches. Equal scores
+    come later-stored first, the order FAISS's heaps give a tie group that fits in ``k``. Scores
+    equal FAISS's to float rounding."""
+    k = min(k, len(vectors))
+    scores = np.asarray(queries, dtype=np.float32) @ vectors.T
+    found = np.empty((len(scores), k), dtype=np.int64)
+    best = np.empty((len(scores), k), dtype=np.float32)
+    for row, values in enumerate(scores):
+        order = descending_order(values)[:k]
+        found[row], best[row] = labels[order], values[order]
+    return best, found
+
+
+def descending_order(values: np.ndarray) -> np.ndarray:
+    """The positions of ``values`` from the largest value down, equal values from the last
+    position back. One quicksort, then only the tied positions are put in order (a stable sort
+    costs twice as much, and ties are rare)."""
+    order = np.argsort(-values)
+    ranked = values[order]
+    tied = np.flatnonzero(ranked[1:] == ranked[:-1])
+    if len(tied):
+        members = np.union1d(tied, tied + 1)  # the places in `order` that hold a tied value
+        run = np.cumsum(np.r_[False, ranked[members][1:] != ranked[members][:-1]])
+        order[members] = order[members][np.lexsort((-order[members], run))]
+    return order
+
+
 class FaissStore:
     """A FAISS index holding int64 labels, on the CPU or on one GPU (``gpu``: its number)."""
 
@@ -203,7 +252,14 @@ class FaissStore:
         return removed
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, labels) of the ``k`` best per query; label -1 where there are fewer hits."""
+        """(scores, labels) of the ``k`` best per query; label -1 where there are fewer hits.
+
+        A deep search of an exact CPU index (``k`` above a quarter of its vectors, as evaluation
+        asks for full rankings) computes every score and sorts them (:func:`sorted_search`):
+        FAISS's per-query heaps cost several times more at that depth."""
+        flat = flat_view(self.index) if self._gpu is None and DEEP_SEARCH * k > self.index.ntotal else None
+        if flat is not None:
+            return sorted_search(*flat, queries, k)
         return self.index.search(queries, k)
 
     def set_parameter(self, name: str, value: int) -> None:

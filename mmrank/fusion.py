@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mmrank.columns import ItemTable, RowHits, as_hits, from_hits
 from mmrank.encoders.base import l2_normalize
 from mmrank.errors import InputError
 
@@ -18,12 +19,7 @@ def reciprocal_rank_fusion(
 ) -> list[tuple[str, float]]:
     """RRF (Cormack et al., 2009): ``score(d) = sum_p w_p / (k + rank_p(d))`` with 1-based ranks.
     Ties keep the order in which items were first seen, path by path."""
-    fused: dict[str, float] = {}
-    for path, hits in results.items():
-        weight = 1.0 if weights is None else weights.get(path, 1.0)
-        for rank, (item_id, _) in enumerate(hits, start=1):
-            fused[item_id] = fused.get(item_id, 0.0) + weight / (k + rank)
-    return sorted(fused.items(), key=lambda pair: -pair[1])
+    return fuse_results(results, "rrf", weights, k)
 
 
 def score_fusion(
@@ -31,29 +27,48 @@ def score_fusion(
 ) -> list[tuple[str, float]]:
     """Weighted sum of min-max normalised scores per path (an item a path did not return adds 0),
     so BM25's unbounded scores and cosine similarities can be mixed."""
-    fused: dict[str, float] = {}
-    for path, hits in results.items():
-        if not hits:
-            continue
-        weight = 1.0 if weights is None else weights.get(path, 1.0)
-        scores = np.array([score for _, score in hits], dtype=np.float64)
-        low, span = scores.min(), scores.max() - scores.min()
-        normalised = np.ones_like(scores) if span == 0 else (scores - low) / span
-        for (item_id, _), value in zip(hits, normalised):
-            fused[item_id] = fused.get(item_id, 0.0) + weight * float(value)
-    return sorted(fused.items(), key=lambda pair: -pair[1])
+    return fuse_results(results, "score", weights)
 
 
 def fuse_results(
     results: Mapping[str, ResultList], method: str = "rrf", weights: Mapping[str, float] | None = None,
     rrf_k: int = 60,
 ) -> list[tuple[str, float]]:
-    """Fuse several best-first result lists into one with the named method ("rrf" or "score")."""
-    if method == "rrf":
-        return reciprocal_rank_fusion(results, weights, rrf_k)
-    if method == "score":
-        return score_fusion(results, weights)
-    raise InputError(f"Unknown fusion method '{method}'; choose one of {', '.join(FUSION_METHODS)}.")
+    """Fuse several best-first result lists into one with the named method ("rrf" or "score"):
+    :func:`fuse_rows` on ``(item id, score)`` lists."""
+    table = ItemTable(dict.fromkeys(item_id for hits in results.values() for item_id, _ in hits))
+    fused = fuse_rows({path: from_hits(table, hits) for path, hits in results.items()}, method, weights, rrf_k)
+    return as_hits(table, fused)
+
+
+def fuse_rows(results: Mapping[str, RowHits], method: str = "rrf", weights: Mapping[str, float] | None = None,
+              rrf_k: int = 60) -> RowHits:
+    """Fuse several best-first hit arrays (rows and scores) into one, best first (float64 scores).
+
+    ``rrf``: ``sum_p w_p / (k + rank_p)`` (:func:`reciprocal_rank_fusion`); ``score``: the weighted
+    sum of each path's min-max normalised scores (:func:`score_fusion`). An item a path did not
+    return adds 0 there; ties keep the order in which items were first seen, path by path."""
+    if method not in FUSION_METHODS:
+        raise InputError(f"Unknown fusion method '{method}'; choose one of {', '.join(FUSION_METHODS)}.")
+    paths = [(path, np.asarray(rows), np.asarray(scores, dtype=np.float64))
+             for path, (rows, scores) in results.items() if len(rows)]
+    if not paths:
+        return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float64)
+    unique, first = np.unique(np.concatenate([rows for _, rows, _ in paths]), return_index=True)
+    seen = unique[np.argsort(first, kind="stable")]  # every item once, in first-seen order
+    slot = np.empty(len(unique), dtype=np.int64)
+    slot[np.argsort(first, kind="stable")] = np.arange(len(unique))  # unique index -> place in `seen`
+    fused = np.zeros(len(seen), dtype=np.float64)
+    for path, rows, scores in paths:
+        weight = 1.0 if weights is None else weights.get(path, 1.0)
+        if method == "rrf":
+            values = weight / (rrf_k + np.arange(1, len(rows) + 1, dtype=np.float64))
+        else:
+            span = scores.max() - scores.min()
+            values = weight * (np.ones_like(scores) if span == 0 else (scores - scores.min()) / span)
+        fused[slot[np.searchsorted(unique, rows)]] += values
+    order = np.argsort(-fused, kind="stable")
+    return seen[order], fused[order]
 
 
 def compose_query_vector(image_vector: np.ndarray, text_vector: np.ndarray, alpha: float = 0.8) -> np.ndarray:

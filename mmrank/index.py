@@ -300,22 +300,35 @@ class VectorIndex:
         ``queries`` is (Q, dim), or (dim,) for one query. Returns ids per query (only real hits, so
         fewer than ``k`` when the index holds fewer) and float32 scores of shape (Q, k), padded with -inf.
         """
+        labels, scores = self.search_labels(queries, k)
+        hits = self._labels.ids_of[labels]
+        missing = labels < 0
+        if missing.any():  # IVF with a small nprobe, HNSW: fewer than `found` hits for some queries
+            ids = [row[keep].tolist() for row, keep in zip(hits, ~missing)]
+        else:
+            ids = hits.tolist()
+        if scores.shape[1] < k:
+            scores = np.pad(scores, ((0, 0), (0, k - scores.shape[1])), constant_values=-np.inf)
+        return ids, scores
+
+    def search_labels(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``min(k, len(self))`` best labels per query (int64, -1 where the index found fewer)
+        and their float32 scores (-inf there): :meth:`search` before labels become ids, for
+        callers that keep rankings as arrays (:meth:`label_ids` maps labels to ids)."""
         queries = as_vectors(queries, self.dim, "queries", allow_1d=True)
         k = _positive_int(k, "k")
         found = min(k, len(self))
         if found == 0:
-            return [[] for _ in range(len(queries))], np.full((len(queries), k), -np.inf, dtype=np.float32)
+            return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
         scores, labels = self._store.search(queries, found)
-        hits = self._labels.ids_of[labels]
-        missing = labels < 0
-        if missing.any():  # IVF with a small nprobe, HNSW: fewer than `found` hits for some queries
-            scores[missing] = -np.inf
-            ids = [row[keep].tolist() for row, keep in zip(hits, ~missing)]
-        else:
-            ids = hits.tolist()
-        if found < k:
-            scores = np.pad(scores, ((0, 0), (0, k - found)), constant_values=-np.inf)
-        return ids, scores
+        scores[labels < 0] = -np.inf
+        return labels, scores
+
+    @property
+    def label_ids(self) -> np.ndarray:
+        """The id of every label (object array; None for a removed label), with one more None
+        slot at the end so that the "no hit" label -1 maps to None."""
+        return self._labels.ids_of[: self._labels.count + 1]
 
     # ----------------------------------------------------------------------------------- persisting
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from mmrank.columns import NO_ROW, ItemTable, RowHits, as_hits, empty_hits, first_per_item
 from mmrank.errors import CollectionError, EncoderMismatchError, InputError
 from mmrank.locking import WriterLock
 
@@ -61,17 +62,6 @@ def item_of(key: str) -> str:
     return key.partition("\x1f")[2]
 
 
-def best_per_item(hits: Iterable[tuple[str, float]], k: int) -> Hits:
-    """The first (best) hit of each item among best-first ``hits``, up to ``k`` items."""
-    best: dict[str, float] = {}
-    for item_id, score in hits:
-        if item_id not in best:
-            best[item_id] = score
-            if len(best) == k:
-                break
-    return list(best.items())
-
-
 def _check_k(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InputError(f"k must be a positive integer; got {k!r}.")
@@ -89,6 +79,8 @@ class IndexSet:
         self._vectors: dict[str, VectorIndex] = {}
         self._bm25: BM25Index | None = None
         self._part_counts: dict[str, int] = {}
+        self._table: ItemTable | None = None
+        self._label_row_cache: dict[str, np.ndarray] = {}  # space -> item row of each index label
         self._revision: int | None = None  # the store revision the loaded indexes belong to
 
     # ----------------------------------------------------------------- searching
@@ -97,6 +89,13 @@ class IndexSet:
         """Nearest items of each query vector in ``space`` as (item id, inner product) lists.
         ``among`` (one entry per query) restricts a query to the given item ids, scored exactly
         from their stored vectors; None entries search the whole index."""
+        table = self.item_table()
+        return [as_hits(table, hits) for hits in self.search_vector_rows(space, queries, k, among=among)]
+
+    def search_vector_rows(self, space: str, queries: np.ndarray, k: int, *,
+                           among: Sequence[Iterable[str] | None] | None = None) -> list[RowHits]:
+        """:meth:`search_vectors` with each query's hits as arrays: rows of :meth:`item_table`
+        and scores (float32), best first."""
         dim = self.manifest.space(space).dim
         _check_k(k)
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
@@ -105,25 +104,47 @@ class IndexSet:
                 f"{self.folder}: query vectors have {queries.shape[1]} dimensions; the collection's "
                 f"{space} vectors have {dim}.")
 
-        def search_all(rows: list[np.ndarray]) -> list[Hits]:
+        def search_all(rows: list[np.ndarray]) -> list[RowHits]:
             index = self.vector_index(space)
             if not len(index):
-                return [[] for _ in rows]
-            parts = self._parts(space)
+                return [empty_hits() for _ in rows]
             # The best k items' best vectors are among the top k * parts vectors (an item has at most
             # ``parts`` vectors), so that many are fetched and each item keeps its best one.
-            keys, scores = index.search(np.stack(rows), min(len(index), k * parts))
-            return [best_per_item(((item_of(key) if parts > 1 else key, float(score))
-                                   for key, score in zip(row_keys, row_scores)), k)
-                    for row_keys, row_scores in zip(keys, scores)]
+            parts = self._parts(space)
+            labels, scores = index.search_labels(np.stack(rows), min(len(index), k * parts))
+            item_rows = self._label_rows(space, index)[labels]
+            if parts == 1:  # one vector per item: no item twice, only "no hit" slots to drop
+                if not (item_rows == NO_ROW).any():
+                    return list(zip(item_rows, scores))
+                return [(found[found != NO_ROW], found_scores[found != NO_ROW])
+                        for found, found_scores in zip(item_rows, scores)]
+            return [first_per_item(found, found_scores, k) for found, found_scores in zip(item_rows, scores)]
 
-        def search_subset(query: np.ndarray, subset: Iterable[str]) -> Hits:
+        def search_subset(query: np.ndarray, subset: Iterable[str]) -> RowHits:
             row_ids, matrix = self.store.item_vectors(sorted(subset), space, dim)
             scores = matrix @ query
             order = np.argsort(-scores, kind="stable")
-            return best_per_item(((row_ids[i], float(scores[i])) for i in order), k)
+            return first_per_item(self.item_table().rows(row_ids)[order], scores[order], k)
 
         return search_among(list(queries), among, search_all, search_subset)
+
+    def item_table(self) -> ItemTable:
+        """Every item's row number, for rankings held as arrays (:mod:`mmrank.columns`), at the
+        current revision."""
+        self._forget_if_stale()
+        if self._table is None:
+            self._table = ItemTable(self.store.ids())
+        return self._table
+
+    def _label_rows(self, space: str, index: VectorIndex) -> np.ndarray:
+        """The item row of each label of ``space``'s loaded index (-1 for a removed label and for
+        the "no hit" label -1, which indexes the last slot)."""
+        if space not in self._label_row_cache:
+            ids = index.label_ids.tolist()
+            if self._parts(space) > 1:
+                ids = [None if key is None else item_of(key) for key in ids]
+            self._label_row_cache[space] = self.item_table().rows(ids)
+        return self._label_row_cache[space]
 
     def search_bm25(self, texts: Sequence[str], k: int, *,
                     among: Sequence[Iterable[str] | None] | None = None) -> list[Hits]:
@@ -222,6 +243,7 @@ class IndexSet:
     def forget(self) -> None:
         """Drop the loaded indexes (e.g. after the index type changed)."""
         self._vectors, self._bm25, self._part_counts = {}, None, {}
+        self._table, self._label_row_cache = None, {}
 
     def damaged(self) -> list[str]:
         """The published indexes whose folder is missing or fails its own checks (files, checksum)."""

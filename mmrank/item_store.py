@@ -290,6 +290,10 @@ class ItemStore:
         rows = self._db.execute(f"SELECT {_ITEM_COLUMNS} FROM items ORDER BY rowid").fetchall()
         return (_item_from_row(row) for row in rows)
 
+    def ids(self) -> list[str]:
+        """Every item id, in insertion order."""
+        return [row[0] for row in self._db.execute("SELECT id FROM items ORDER BY rowid")]
+
     def texts(self) -> tuple[list[str], list[str]]:
         """Ids and texts of the items that have text, in insertion order."""
         rows = self._db.execute(

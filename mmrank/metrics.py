@@ -11,6 +11,10 @@ Conventions shared by every function here:
 - A single-query metric called with no relevant item raises :class:`InputError` (the value would
   be undefined); :func:`evaluate_rankings` skips such queries instead and reports how many it
   evaluated.
+- Every metric depends on a ranking only through where it put the relevant items
+  (:class:`Found`), so a ranking held as an array of a million item rows is scored from the
+  positions of its judged items (:func:`parse_found_metric`, :func:`score_found`) without
+  listing its ids.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 from mmrank.errors import InputError
 
@@ -31,31 +36,105 @@ def _check_k(k: int | None, name: str = "k") -> None:
         raise InputError(f"{name} must be a positive integer, got {k!r}.")
 
 
-def _top_k(ranked: Sequence[str], k: int | None) -> list[str]:
-    """The first ``k`` distinct ids of ``ranked`` (all of them when ``k`` is None)."""
-    _check_k(k)
-    return list(dict.fromkeys(ranked))[:k]
+class Found(NamedTuple):
+    """Where a ranking put a query's relevant items (grade > 0): their 1-based ranks, ascending,
+    and their grades. Every metric here is a function of this and the judgements, so a ranking
+    held as an array (:func:`mmrank.columns.positions`) is scored without listing its ids."""
+
+    ranks: tuple[int, ...] = ()
+    grades: tuple[int, ...] = ()
 
 
-def _relevant_ids(relevance: Relevance) -> set[str]:
-    relevant = {item_id for item_id, grade in relevance.items() if grade > 0}
-    if not relevant:
+def found_in(ranked: Sequence[str], relevance: Relevance) -> Found:
+    """The :class:`Found` of a ranking of ids (repeated ids count at their first rank only)."""
+    ranks, grades = [], []
+    for rank, item_id in enumerate(dict.fromkeys(ranked), start=1):
+        grade = relevance.get(item_id, 0)
+        if grade > 0:
+            ranks.append(rank)
+            grades.append(grade)
+    return Found(tuple(ranks), tuple(grades))
+
+
+def _relevant_count(relevance: Relevance) -> int:
+    count = sum(grade > 0 for grade in relevance.values())
+    if not count:
         raise InputError(
             "No relevant item (grade > 0) among the judgements: the metric is undefined."
         )
-    return relevant
+    return count
+
+
+def _within(found: Found, k: int | None) -> tuple[int, ...]:
+    """The ranks of ``found`` that are at most ``k`` (all of them for None)."""
+    return found.ranks if k is None else tuple(rank for rank in found.ranks if rank <= k)
+
+
+def _recall(found: Found, relevance: Relevance, k: int) -> float:
+    return len(_within(found, k)) / _relevant_count(relevance)
+
+
+def _hit(found: Found, relevance: Relevance, k: int) -> float:
+    _relevant_count(relevance)
+    return float(bool(_within(found, k)))
+
+
+def _precision_sum(found: Found, k: int | None) -> float:
+    """The sum of precision@i over the ranks i <= k (all ranks for None) that hold a relevant item."""
+    return sum(hits / rank for hits, rank in enumerate(_within(found, k), start=1))
+
+
+def _average_precision(found: Found, relevance: Relevance, k: int | None) -> float:
+    return _precision_sum(found, k) / _relevant_count(relevance)
+
+
+def _average_precision_min(found: Found, relevance: Relevance, k: int) -> float:
+    return _precision_sum(found, k) / min(_relevant_count(relevance), k)
+
+
+def _revisited_average_precision(found: Found, relevance: Relevance, k: int | None) -> float:
+    total = 0.0
+    for before_count, rank in enumerate(_within(found, k)):
+        position = rank - 1
+        before = 1.0 if position == 0 else before_count / position
+        total += (before + (before_count + 1) / (position + 1)) / 2
+    return total / _relevant_count(relevance)
+
+
+def _revisited_precision(found: Found, relevance: Relevance, k: int) -> float:
+    hits = _within(found, k)
+    cut = hits[-1] if len(hits) == _relevant_count(relevance) else k
+    return len(hits) / cut
+
+
+def _ndcg(found: Found, relevance: Relevance, k: int) -> float:
+    _relevant_count(relevance)
+    gains = sum(grade / math.log2(rank + 1) for rank, grade in zip(found.ranks, found.grades) if rank <= k)
+    ideal = sorted((grade for grade in relevance.values() if grade > 0), reverse=True)[:k]
+    return gains / _dcg(ideal)
+
+
+def _reciprocal_rank(found: Found, relevance: Relevance, k: int | None) -> float:
+    _relevant_count(relevance)
+    first = _within(found, k)[:1]
+    return 1.0 / first[0] if first else 0.0
+
+
+def _on_ranking(measure: Callable[[Found, Relevance, int | None], float], ranked: Sequence[str],
+                relevance: Relevance, k: int | None, *, needs_k: bool = True) -> float:
+    if needs_k or k is not None:
+        _check_k(k)
+    return measure(found_in(ranked, relevance), relevance, k)
 
 
 def recall_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
     """Recall@k = |relevant ∩ top-k| / |relevant|."""
-    relevant = _relevant_ids(relevance)
-    return sum(item_id in relevant for item_id in _top_k(ranked, k)) / len(relevant)
+    return _on_ranking(_recall, ranked, relevance, k)
 
 
 def hit_rate_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
     """Hit@k = 1.0 if any relevant item is in the top k, else 0.0."""
-    relevant = _relevant_ids(relevance)
-    return float(any(item_id in relevant for item_id in _top_k(ranked, k)))
+    return _on_ranking(_hit, ranked, relevance, k)
 
 
 def average_precision_at_k(ranked: Sequence[str], relevance: Relevance, k: int | None) -> float:
@@ -68,26 +147,14 @@ def average_precision_at_k(ranked: Sequence[str], relevance: Relevance, k: int |
     (:func:`average_precision_min_at_k`); Revisited Oxford/Paris integrate with trapezoids
     (:func:`revisited_average_precision`).
     """
-    return _precision_sum(ranked, relevance, k) / len(_relevant_ids(relevance))
+    return _on_ranking(_average_precision, ranked, relevance, k, needs_k=False)
 
 
 def average_precision_min_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
     """AP@k divided by min(|relevant|, k) instead of |relevant| (metric name ``map_min@k``): the
     mAP@k of CIRCO's official evaluation, which a query with more relevant items than ``k`` can
     reach in full. Equal to :func:`average_precision_at_k` when |relevant| <= k."""
-    return _precision_sum(ranked, relevance, k) / min(len(_relevant_ids(relevance)), k)
-
-
-def _precision_sum(ranked: Sequence[str], relevance: Relevance, k: int | None) -> float:
-    """The sum of precision@i over the ranks i <= k (all ranks for None) that hold a relevant item."""
-    relevant = _relevant_ids(relevance)
-    hits = 0
-    total = 0.0
-    for rank, item_id in enumerate(_top_k(ranked, k), start=1):
-        if item_id in relevant:
-            hits += 1
-            total += hits / rank
-    return total
+    return _on_ranking(_average_precision_min, ranked, relevance, k)
 
 
 def revisited_average_precision(
@@ -103,13 +170,7 @@ def revisited_average_precision(
     ``ranked`` (``score_judgements`` does). ``k`` cuts the ranking first (metric ``rmap@k``); the
     denominator stays |relevant|.
     """
-    relevant = _relevant_ids(relevance)
-    positions = [rank for rank, item_id in enumerate(_top_k(ranked, k)) if item_id in relevant]
-    total = 0.0
-    for found, rank in enumerate(positions):
-        before = 1.0 if rank == 0 else found / rank
-        total += (before + (found + 1) / (rank + 1)) / 2
-    return total / len(relevant)
+    return _on_ranking(_revisited_average_precision, ranked, relevance, k, needs_k=False)
 
 
 def revisited_precision_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
@@ -121,11 +182,7 @@ def revisited_precision_at_k(ranked: Sequence[str], relevance: Relevance, k: int
     which ranks the whole database, whenever the ranking holds at least k items). Ignored items
     must already be removed from ``ranked``.
     """
-    relevant = _relevant_ids(relevance)
-    top = _top_k(ranked, k)
-    hits = [rank for rank, item_id in enumerate(top, start=1) if item_id in relevant]
-    cut = hits[-1] if len(hits) == len(relevant) else k
-    return len(hits) / cut
+    return _on_ranking(_revisited_precision, ranked, relevance, k)
 
 
 def ndcg_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
@@ -134,10 +191,7 @@ def ndcg_at_k(ranked: Sequence[str], relevance: Relevance, k: int) -> float:
     ``rel_i`` is the grade of the item at rank i (0 when unjudged or <= 0): the linear gain of
     trec_eval and BEIR. IDCG@k is the DCG@k of the judged grades sorted in decreasing order.
     """
-    _relevant_ids(relevance)
-    gains = [max(relevance.get(item_id, 0), 0) for item_id in _top_k(ranked, k)]
-    ideal = sorted((grade for grade in relevance.values() if grade > 0), reverse=True)[:k]
-    return _dcg(gains) / _dcg(ideal)
+    return _on_ranking(_ndcg, ranked, relevance, k)
 
 
 def _dcg(gains: Sequence[int]) -> float:
@@ -149,24 +203,21 @@ def reciprocal_rank(ranked: Sequence[str], relevance: Relevance, k: int | None =
 
     ``k=None`` looks at the whole ranking (plain reciprocal rank).
     """
-    relevant = _relevant_ids(relevance)
-    for rank, item_id in enumerate(_top_k(ranked, k), start=1):
-        if item_id in relevant:
-            return 1.0 / rank
-    return 0.0
+    return _on_ranking(_reciprocal_rank, ranked, relevance, k, needs_k=False)
 
 
 QueryMetric = Callable[[Sequence[str], Relevance], float]
+FoundMetric = Callable[[Found, Relevance], float]
 
-_METRIC_FUNCTIONS: dict[str, Callable[..., float]] = {
-    "recall": recall_at_k,
-    "hit": hit_rate_at_k,
-    "map": average_precision_at_k,
-    "map_min": average_precision_min_at_k,
-    "ndcg": ndcg_at_k,
-    "mrr": reciprocal_rank,
-    "rmap": revisited_average_precision,
-    "mp": revisited_precision_at_k,
+_MEASURES: dict[str, Callable[[Found, Relevance, int | None], float]] = {
+    "recall": _recall,
+    "hit": _hit,
+    "map": _average_precision,
+    "map_min": _average_precision_min,
+    "ndcg": _ndcg,
+    "mrr": _reciprocal_rank,
+    "rmap": _revisited_average_precision,
+    "mp": _revisited_precision,
 }
 _CUTOFF_OPTIONAL = frozenset({"map", "rmap", "mrr"})
 _METRIC_NAME = re.compile(r"^(?P<base>[a-z_]+)(?:@(?P<k>\d+))?$")
@@ -181,17 +232,24 @@ def parse_metric(name: str) -> QueryMetric:
     ``map_cut_k``, ``map``, ``ndcg_cut_k``, ``recip_rank``); ``map_min@k`` is CIRCO's mAP@k;
     ``rmap`` and ``mp@k`` are the Revisited Oxford/Paris AP and mP@k
     (:func:`revisited_average_precision`, :func:`revisited_precision_at_k`)."""
+    measure = parse_found_metric(name)
+    return lambda ranked, relevance: measure(found_in(ranked, relevance), relevance)
+
+
+def parse_found_metric(name: str) -> FoundMetric:
+    """:func:`parse_metric` for a ranking already reduced to its :class:`Found`:
+    ``(found, relevance) -> float``."""
     known = "recall@k, hit@k, map@k, map_min@k, ndcg@k, mrr, mrr@k, map, rmap, rmap@k, mp@k"
     match = _METRIC_NAME.match(name.strip().lower())
-    if match is None or match["base"] not in _METRIC_FUNCTIONS:
+    if match is None or match["base"] not in _MEASURES:
         raise InputError(f"Unknown metric {name!r}: expected one of {known}.")
     base, k = match["base"], match["k"]
     if k is None and base not in _CUTOFF_OPTIONAL:
         raise InputError(f"Metric {name!r} needs a cutoff, e.g. {base}@10 (known: {known}).")
     cutoff = None if k is None else int(k)
     _check_k(cutoff, name=f"The cutoff in {name!r}")
-    function = _METRIC_FUNCTIONS[base]
-    return lambda ranked, relevance: function(ranked, relevance, cutoff)
+    measure = _MEASURES[base]
+    return lambda found, relevance: measure(found, relevance, cutoff)
 
 
 # What each metric computes, with a cutoff k and (where allowed) over the whole ranking.
@@ -204,7 +262,8 @@ _DEFINITIONS = {
                 "/ min(relevant items, {k})", None),
     "ndcg": ("trec_eval ndcg_cut_{k}: DCG@{k} / ideal DCG@{k}, gain = grade", None),
     "mrr": ("1 / rank of the first relevant item in the top {k}, else 0",
-            "trec_eval recip_rank: 1 / rank of the first relevant item, else 0"),
+            "trec_eval recip_rank: 1 / rank of the first relevant item in the ranking as deep as it "
+            "was evaluated (mmrank eval: 100 unless -k asks more), else 0"),
     "rmap": ("revisitop compute_ap over the top {k}: average precision, trapezoid interpolation",
              "revisitop compute_ap: average precision, trapezoid interpolation"),
     "mp": ("revisitop mP@{k}: precision at min({k}, rank of the last relevant item)", None),
@@ -215,7 +274,7 @@ def describe_metric(name: str) -> str:
     """What the metric ``name`` computes, in one line, naming the evaluator it agrees with (for
     reports and results files). A ``prefix/`` (protocol, group) is allowed."""
     base_name = name.rpartition("/")[2].strip().lower()
-    parse_metric(base_name)
+    parse_found_metric(base_name)
     match = _METRIC_NAME.match(base_name)
     with_cutoff, whole = _DEFINITIONS[match["base"]]
     return whole if match["k"] is None else with_cutoff.format(k=match["k"])
@@ -240,11 +299,21 @@ def score_queries(
       ``qrels`` and in ``rankings`` (an empty ranking included); a query whose judgements hold no
       relevant item scores 0 on every metric.
     """
-    functions = {name: parse_metric(name) for name in metrics}
     counted = counted_queries(rankings, qrels, averaging)
-    return {name: {qid: function(rankings.get(qid, ()), rel) if _has_relevant(rel) else 0.0
-                   for qid, rel in counted.items()}
-            for name, function in functions.items()}
+    return score_found({qid: found_in(rankings.get(qid, ()), rel) for qid, rel in counted.items()},
+                       counted, metrics)
+
+
+def score_found(found: Mapping[str, Found], qrels: Mapping[str, Relevance],
+                metrics: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Each metric's value (metric name -> query id -> value) for every query of ``qrels`` (the
+    queries to count, see :func:`counted_queries`), from where its ranking put its relevant items
+    (a query missing from ``found`` found none); a query with no relevant item scores 0."""
+    measures = {name: parse_found_metric(name) for name in metrics}
+    nothing = Found()
+    return {name: {qid: measure(found.get(qid, nothing), rel) if _has_relevant(rel) else 0.0
+                   for qid, rel in qrels.items()}
+            for name, measure in measures.items()}
 
 
 def counted_queries(rankings: Mapping[str, Sequence[str]], qrels: Mapping[str, Relevance],

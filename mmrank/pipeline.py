@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from mmrank.collection import Collection
+from mmrank.columns import ItemTable, RowOrder
 from mmrank.config import apply_overrides, read_yaml, to_yaml
 from mmrank.errors import InputError
 from mmrank.rerankers import Reranker, create_reranker
 from mmrank.resources import PIPELINES_DIR, bundled_pipelines
-from mmrank.retrieval import HybridRetriever
+from mmrank.retrieval import STAGE, HybridRetriever
 from mmrank.text import snippet
 from mmrank.types import Query, Ranking
 
@@ -127,6 +128,63 @@ class Pipeline:
         for reranker in self.rerankers:
             rankings = rerank_all(reranker, queries, rankings, self.collection)
         return [with_snippets(ranking.top(k)) if snippets else ranking.top(k) for ranking in rankings]
+
+
+    def search_rows(self, queries: Sequence[Query | str], k: int, *, hits: int = 0) -> list[RankedRows]:
+        """Each query's top ``k`` after every stage as arrays of item rows, for ranking deep
+        (evaluation): the same orders :meth:`search_batch` gives, with Hit objects built only for
+        the head the rerankers look at (the deepest reranker's ``depth``), or the first ``hits``
+        when that is more. The tail stays the first stage's array, in its order. A reranker that
+        may reorder past its depth (``head_only`` false or absent, e.g. ``sqaf``, which searches
+        again) is given every hit, as in :meth:`search_batch`."""
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}.")
+        queries = [Query(text=q) if isinstance(q, str) else q for q in queries]
+        depth = max(k, self.depth)
+        head = max([hits, *(r.depth for r in self.rerankers)])
+        if not all(getattr(r, "head_only", False) for r in self.rerankers):
+            head = None
+        if hasattr(self.retriever, "retrieve_rows"):
+            retrieved = self.retriever.retrieve_rows(queries, self.collection, depth)
+            table = self.collection.item_table()
+            items = self.collection.get_many({item_id for found in retrieved for item_id in found.ids(head)})
+            rankings = [found.ranking(items, head) for found in retrieved]
+            firsts = [found.rows for found in retrieved]
+        else:  # a retriever of its own, with retrieve_batch only: its rankings as they come
+            rankings = self.retriever.retrieve_batch(queries, self.collection, depth)
+            table = (self.collection.item_table() if self.collection is not None
+                     else ItemTable(dict.fromkeys(item_id for ranking in rankings for item_id in ranking.ids)))
+            firsts = [table.rows(ranking.ids) for ranking in rankings]
+        orders = [{next(iter(ranking.timings), STAGE): RowOrder.of(rows)} for ranking, rows in zip(rankings, firsts)]
+        for reranker in self.rerankers:
+            rankings = rerank_all(reranker, queries, rankings, self.collection)
+            for order, ranking in zip(orders, rankings):
+                order[reranker.name] = next(reversed(order.values())).reheaded(table.rows(ranking.ids))
+        return [RankedRows(ranking.query, {stage: rows.cut(k) for stage, rows in order.items()}, ranking, table)
+                for order, ranking in zip(orders, rankings)]
+
+
+@dataclass(frozen=True)
+class RankedRows:
+    """One query's ranking after every stage as arrays (:meth:`Pipeline.search_rows`): ``orders``
+    maps each stage, in order, to the item rows of ``table`` it left, best first (stages that
+    reorder a head share the first stage's array for the rest); ``ranking`` is the final
+    ranking's head as Hits, with every stage's timing."""
+
+    query: Query
+    orders: Mapping[str, RowOrder]
+    ranking: Ranking
+    table: ItemTable
+
+    @property
+    def timings(self) -> Mapping[str, float]:
+        return self.ranking.timings
+
+    def ids(self, stage: str | None = None, k: int | None = None) -> list[str]:
+        """The first ``k`` item ids (all when None) in the order ``stage`` left (the last stage's
+        by default)."""
+        order = self.orders[stage] if stage is not None else next(reversed(self.orders.values()))
+        return self.table.id_list(order.rows(k))
 
 
 def rerank_all(reranker: Reranker, queries: Sequence[Query], rankings: Sequence[Ranking],

@@ -14,7 +14,7 @@ without text that only its image embedding found says so.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,8 @@ from mmrank.collection import Collection
 from mmrank.config import dataclass_options
 from mmrank.encoders import encodes_text
 from mmrank.errors import InputError
-from mmrank.fusion import FUSION_METHODS, compose_query_vector, fuse_results
+from mmrank.columns import ItemTable, RowHits, from_hits, positions, without_rows
+from mmrank.fusion import FUSION_METHODS, compose_query_vector, fuse_rows
 from mmrank.types import Hit, Item, Query, Ranking, StageScore
 
 PATHS = ("text", "bm25", "image")
@@ -65,10 +66,19 @@ class HybridRetriever:
     def retrieve_batch(self, queries: Sequence[Query], collection: Collection, k: int | None = None) -> list[Ranking]:
         """Like :meth:`retrieve` for many queries at once: each path encodes and searches the whole
         batch in one call. Each ranking's ``retrieve`` time is its share of the batch's time."""
+        retrieved = self.retrieve_rows(queries, collection, k)
+        items = collection.get_many({item_id for found in retrieved for item_id in found.ids()})
+        return [found.ranking(items) for found in retrieved]
+
+    def retrieve_rows(self, queries: Sequence[Query], collection: Collection, k: int | None = None) -> list[Retrieved]:
+        """:meth:`retrieve_batch` as arrays (rows of the collection's item table), with no Hit
+        built: what evaluation ranks deep with."""
         start = time.perf_counter()
         depth = max(k or 0, self.depth)
-        active = [self.active_paths(query, collection) for query in queries]
-        results: list[dict[str, list[tuple[str, float]]]] = [{} for _ in queries]
+        table = collection.item_table()
+        usable = self._usable(collection)
+        active = [[path for path in self.paths if usable(query, path)] for query in queries]
+        results: list[dict[str, RowHits]] = [{} for _ in queries]
         vectors: list[dict[str, np.ndarray]] = [{} for _ in queries]
         for path in self.paths:
             chosen = [i for i, paths in enumerate(active) if path in paths]
@@ -81,44 +91,54 @@ class HybridRetriever:
         for query, paths in zip(queries, results):
             if not paths:
                 raise InputError(_nothing_to_search(query, collection))
-        fused = [self._fuse(paths)[:depth] for paths in results]
-        items = collection.get_many({item_id for ranked in fused for item_id, _ in ranked})
         seconds = (time.perf_counter() - start) / max(1, len(queries))
-        return [_ranking(query, ranked, paths, items, seconds, searched)
-                for query, ranked, paths, searched in zip(queries, fused, results, vectors)]
-
+        retrieved = []
+        for query, paths, searched in zip(queries, results, vectors):
+            rows, scores = self._fuse(paths)
+            retrieved.append(Retrieved(query, table, rows[:depth], scores[:depth], paths, searched, seconds))
+        return retrieved
     def active_paths(self, query: Query, collection: Collection) -> list[str]:
         """The configured paths this query and collection allow, in configured order."""
-        spaces = collection.spaces
-        text = query.search_text
-        usable = {
-            "text": "text" in spaces and text is not None,
-            "bm25": text is not None and collection.has_text,
-            "image": "image" in spaces and (query.image is not None or encodes_text(spaces["image"].encoder)),
-        }
-        return [path for path in self.paths if usable[path]]
+        usable = self._usable(collection)
+        return [path for path in self.paths if usable(query, path)]
 
-    def _fuse(self, results: Mapping[str, list[tuple[str, float]]]) -> list[tuple[str, float]]:
+    @staticmethod
+    def _usable(collection: Collection) -> Callable[[Query, str], bool]:
+        """Whether a path can answer a query, with what the collection offers read once."""
+        spaces, has_text = collection.spaces, collection.has_text
+        image_text = "image" in spaces and encodes_text(spaces["image"].encoder)
+
+        def usable(query: Query, path: str) -> bool:
+            if path == "text":
+                return "text" in spaces and query.search_text is not None
+            if path == "bm25":
+                return has_text and query.search_text is not None
+            return "image" in spaces and (query.image is not None or image_text)
+        return usable
+
+    def _fuse(self, results: Mapping[str, RowHits]) -> RowHits:
         if len(results) == 1:
             return next(iter(results.values()))
-        return fuse_results(results, self.fusion, self.weights, self.rrf_k)
+        return fuse_rows(results, self.fusion, self.weights, self.rrf_k)
 
     def _search_path(self, path: str, queries: Sequence[Query], collection: Collection,
-                     depth: int) -> tuple[list[list[tuple[str, float]]], np.ndarray | None]:
+                     depth: int) -> tuple[list[RowHits], np.ndarray | None]:
         """Each query's hits on one path, and the query vectors it searched with (None for BM25)."""
         texts = [query.search_text for query in queries]
         among = [query.candidates for query in queries]
         wider = depth + max(len(query.excluded) for query in queries)
+        table = collection.item_table()
         if path == "bm25":
-            return without_excluded(queries, collection.search_bm25(texts, wider, among=among), depth), None
+            found = [from_hits(table, hits) for hits in collection.search_bm25(texts, wider, among=among)]
+            return without_excluded_rows(queries, found, table, depth), None
         if path == "text":
             encoder = collection.encoder("text")
             vectors = encoder.encode_texts(texts)
         else:
             encoder = collection.encoder("image")
             vectors = self._image_query_vectors(queries, encoder)
-        found = collection.search_vectors(path, vectors, wider, encoder=encoder.name, among=among)
-        return without_excluded(queries, found, depth), vectors
+        found = collection.search_vector_rows(path, vectors, wider, encoder=encoder.name, among=among)
+        return without_excluded_rows(queries, found, table, depth), vectors
 
     def _image_query_vectors(self, queries: Sequence[Query], encoder) -> np.ndarray:
         """Rows for the image space: the query image, the query text through the image model's
@@ -146,19 +166,49 @@ def without_excluded(queries: Sequence[Query], found: Sequence[list[tuple[str, f
             for query, hits in zip(queries, found)]
 
 
-def _ranking(query: Query, fused: list[tuple[str, float]], results: Mapping[str, list[tuple[str, float]]],
-             items: Mapping[str, Item], seconds: float, vectors: Mapping[str, np.ndarray]) -> Ranking:
-    """Hits in fused order, each with every path's score and rank and the paths that found it."""
-    per_path = {path: {item_id: (rank, score) for rank, (item_id, score) in enumerate(hits, start=1)}
-                for path, hits in results.items()}
-    hits = []
-    for rank, (item_id, score) in enumerate(fused, start=1):
-        stages = {path: StageScore(score=found[item_id][1], rank=found[item_id][0])
-                  for path, found in per_path.items() if item_id in found}
-        stages[STAGE] = StageScore(score=score, rank=rank)
-        hits.append(Hit(item=items[item_id], score=score, stages=stages,
-                        found_by=tuple(path for path, found in per_path.items() if item_id in found)))
-    return Ranking(query=query, hits=tuple(hits), timings={STAGE: seconds}, query_vectors=dict(vectors))
+def without_excluded_rows(queries: Sequence[Query], found: Sequence[RowHits], table: ItemTable,
+                          depth: int) -> list[RowHits]:
+    """:func:`without_excluded` for hits held as arrays."""
+    return [without_rows(hits, table.rows(query.excluded), depth) for query, hits in zip(queries, found)]
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """One query's first stage as arrays: the fused order (``rows`` of ``table``, best first, and
+    ``scores``), each path's own hits, the query vectors searched with, and the query's share of
+    the batch's time. :meth:`ranking` turns its head into Hits."""
+
+    query: Query
+    table: ItemTable
+    rows: np.ndarray
+    scores: np.ndarray
+    paths: Mapping[str, RowHits]
+    vectors: Mapping[str, np.ndarray]
+    seconds: float
+
+    def ids(self, head: int | None = None) -> list[str]:
+        """The item ids of the first ``head`` rows (all when None)."""
+        return self.table.id_list(self.rows[:head])
+
+    def ranking(self, items: Mapping[str, Item], head: int | None = None) -> Ranking:
+        """The first ``head`` items (all when None) as a Ranking of Hits in fused order, each with
+        every path's score and rank and the paths that found it; ``items`` holds their Items."""
+        if head == 0:
+            return Ranking(query=self.query, hits=(), timings={STAGE: self.seconds}, query_vectors=dict(self.vectors))
+        rows, scores = self.rows[:head], self.scores[:head]
+        per_path = {}
+        for path, (path_rows, path_scores) in self.paths.items():
+            at = positions(path_rows, rows, len(self.table))
+            per_path[path] = (at, path_scores)
+        hits = []
+        for n, (item_id, score) in enumerate(zip(self.table.id_list(rows), scores.astype(float).tolist())):
+            stages = {path: StageScore(score=float(path_scores[at[n]]), rank=int(at[n]) + 1)
+                      for path, (at, path_scores) in per_path.items() if at[n] >= 0}
+            stages[STAGE] = StageScore(score=score, rank=n + 1)
+            hits.append(Hit(item=items[item_id], score=score, stages=stages,
+                            found_by=tuple(path for path, (at, _) in per_path.items() if at[n] >= 0)))
+        return Ranking(query=self.query, hits=tuple(hits), timings={STAGE: self.seconds},
+                       query_vectors=dict(self.vectors))
 
 
 def _nothing_to_search(query: Query, collection: Collection) -> str:

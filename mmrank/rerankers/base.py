@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 from mmrank.config import dataclass_options
 from mmrank.errors import InputError
@@ -47,6 +47,10 @@ class BaseReranker(ABC):
 
     name: str
     depth: int
+    head_only: ClassVar[bool] = True
+    """Whether the stage only reorders the first ``depth`` hits and keeps the rest as they came (as
+    :func:`reorder_head` does): evaluation then hands it the head alone and keeps the tail as an
+    array (:meth:`mmrank.pipeline.Pipeline.search_rows`). A stage that searches again sets it False."""
 
     def __post_init__(self) -> None:
         at_least_one("depth", self.depth)

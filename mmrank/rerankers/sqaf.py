@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -61,6 +61,7 @@ class CaptionFusionReranker(MLLMReranker):
 
     name: str = "sqaf"
     depth: int = 100
+    head_only: ClassVar[bool] = False  # its new search reorders the whole ranking
     beta: float = 0.5
     level: str = "embedding"
     prompt: str = TARGET_CAPTION_PROMPT

@@ -19,7 +19,7 @@ from mmrank.datasets.fashioniq import join_captions, load_fashioniq
 from mmrank.errors import InputError
 from mmrank.evaluation import SubmissionRankings, evaluate, score_judgements
 from mmrank.metrics import parse_metric
-from mmrank.pipeline import Pipeline
+from mmrank.pipeline import Pipeline, RankedRows
 from mmrank.types import Hit, Item, Query, Ranking, StageScore
 from tests.datasets.test_base import untouched
 
@@ -187,15 +187,15 @@ def test_cirr_recall_and_subset_recall_on_a_hand_made_ranking(cirr_root: Path):
     # Pair 11 (reference dev-2, target dev-6): the target is first everywhere.
     orders = {"10": [DEV[9], DEV[8], DEV[7], DEV[6], DEV[0], DEV[3], DEV[1]],
               "11": [DEV[2], DEV[6]]}
-    seen: list[list[Ranking]] = []
+    seen: list[list[RankedRows]] = []
     [report] = evaluate(_fixed_pipeline(dataset, orders), dataset, k=len(dataset.items), on_batch=seen.append)
     assert report.metrics == {
         "recall@1": 0.5, "recall@5": 0.5, "recall@10": 1.0, "recall@50": 1.0, "queries": 2,
         "subset/recall@1": 0.5, "subset/recall@2": 1.0, "subset/recall@3": 1.0, "subset/queries": 2,
     }
     # on_batch sees the final rankings, one batch here.
-    assert [[ranking.query.id for ranking in batch] for batch in seen] == [["10", "11"]]
-    assert seen[0][0].ids[:3] == [DEV[9], DEV[8], DEV[7]]
+    assert [[ranked.query.id for ranked in batch] for batch in seen] == [["10", "11"]]
+    assert seen[0][0].ids(k=3) == [DEV[9], DEV[8], DEV[7]]
     # Without k, the Python API ranks as deep as `mmrank eval` does: every item, since the subset
     # protocol scores within each query's set; a smaller k cuts the rankings (and the subset recall).
     pipeline = _fixed_pipeline(dataset, orders)
@@ -497,13 +497,13 @@ def test_cirr_rankings_never_hold_the_reference_and_cover_the_gallery(cirr_root:
         add_dataset_items(collection, dataset, ItemEncoder(None, tiny_clip))
         collection.use_encoder("image", tiny_clip)
         pipeline = Pipeline.from_yaml("images-clip", collection)
-        seen: list[Ranking] = []
+        seen: list[RankedRows] = []
         evaluate(pipeline, dataset, k=len(dataset.items), on_batch=seen.extend)
-    assert [ranking.query.id for ranking in seen] == ["10", "11"]
-    for ranking in seen:
-        reference = ranking.query.metadata["reference"]
-        assert reference not in ranking.ids
-        assert sorted(ranking.ids) == sorted(set(DEV) - {reference})
+    assert [ranked.query.id for ranked in seen] == ["10", "11"]
+    for ranked in seen:
+        reference = ranked.query.metadata["reference"]
+        assert reference not in ranked.ids()
+        assert sorted(ranked.ids()) == sorted(set(DEV) - {reference})
 
 
 def test_eval_circo_and_fashioniq_end_to_end(circo_root: Path, fiq_root: Path, tmp_path: Path, run_cli,
