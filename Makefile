@@ -27,6 +27,7 @@ bench: setup
 	$(BIN)/python benchmarks/mllm_rerank_bench.py
 	$(BIN)/python benchmarks/cir_bench.py
 	$(BIN)/python benchmarks/eval_bench.py
+	$(BIN)/python benchmarks/serve_bench.py
 
 assets: setup
 	$(BIN)/python scripts/make_assets.py

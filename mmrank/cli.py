@@ -1,4 +1,4 @@
-"""The ``mmrank`` command line: index, search, info, eval, score, demo.
+"""The ``mmrank`` command line: index, search, serve, info, eval, score, demo.
 
 Only typer is imported at start-up; every command imports what it needs, so ``--help`` is fast.
 """
@@ -416,6 +416,62 @@ def score(
         typer.echo(format_table(["run", *wanted, "queries"], rows))
     if any(s["metrics"] is None for s in scored):
         raise typer.Exit(code=1)
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def serve(
+    collection_paths: Annotated[list[Path], typer.Argument(
+        metavar="COLLECTION", help="One or more collection folders, served under their folder names.")],
+    pipeline: Annotated[Optional[list[str]], typer.Option(
+        help=f"{PIPELINE_HELP} Repeat to offer several; the first is the default.",
+        show_default="the default pipeline")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; any but this machine's needs --token or --no-auth.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    token: Annotated[Optional[str], typer.Option(
+        envvar="MMRANK_TOKEN", help="Clients must send 'Authorization: Bearer TOKEN' (also from $MMRANK_TOKEN).",
+        show_default=False)] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Listen beyond this machine without a token.")] = False,
+    max_batch: Annotated[int, typer.Option(help="Most searches run together (1: no batching).")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a search waits for others to batch with.")] = 5.0,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body (an uploaded picture) in MB.")] = 10.0,
+    mllm: MLLMOption = None,
+    mllm_url: MLLMUrlOption = None,
+    trust_remote_code: TrustOption = False,
+    device: DeviceOption = "auto",
+) -> None:
+    """Serve collections over HTTP with a search page at / and the API at /search (docs at /docs),
+    the models loaded once; searches that arrive together are run together."""
+    from mmrank.collection import Collection
+    from mmrank.server import Served, ServeOptions, create_app
+    from mmrank.types import Query
+
+    if host not in LOCAL_HOSTS and token is None and not no_auth:
+        raise InputError(f"--host {host} lets other machines search: give --token (clients send it as a bearer "
+                         "token) or --no-auth to allow anyone who can reach this port.")
+    served = []
+    for path in collection_paths:
+        collection = Collection.open(path, device=device)
+        runners = [_pipeline(name, collection, mllm, mllm_url, trust_remote_code) for name in (pipeline or [None])]
+        served.append(Served(path.expanduser().absolute().name, collection,
+                             {runner.name if name else "default": runner for name, runner in
+                              zip(pipeline or [None], runners)}))
+    for entry in served:  # load every model now, not on the first user's search
+        for runner in entry.pipelines.values():
+            try:
+                runner.search(Query(text="warm up"), 1)
+            except MMRankError:  # e.g. a text query on a collection of image vectors only
+                pass
+    app = create_app(served, ServeOptions(token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                          max_upload_mb=max_upload_mb))
+    import uvicorn
+
+    typer.echo(f"Serving {', '.join(entry.name for entry in served)} on http://{host}:{port}/ (API docs at /docs)",
+               err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
 
 @app.command(name="convert-revisited")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 _LINE_END_HYPHEN = re.compile(r"(\w)[-\u2010\u00ad][ \t]*\r?\n\s*([a-z])")
@@ -91,7 +92,19 @@ def check_passage_split(max_words: int, overlap: int) -> None:
 
 def query_words(text: str) -> set[str]:
     """The lowercased words of a query or passage, for matching snippets."""
-    return {word.lower() for word in _WORD.findall(normalize_text(text)) if len(word) > 1}
+    return _word_set(normalize_text(text))
+
+
+def _word_set(normalized: str) -> set[str]:
+    return {word.lower() for word in _WORD.findall(normalized) if len(word) > 1}
+
+
+@lru_cache(maxsize=4096)
+def _passages(text: str, words: int, overlap: int) -> tuple[tuple[str, frozenset[str]], ...]:
+    """The passages of a text and the words of each, kept for the texts shown most (a served
+    collection's popular pages are cut into passages once)."""
+    passages = split_passages(normalize_text(text), words, overlap) or [""]
+    return tuple((passage, frozenset(_word_set(passage))) for passage in passages)  # passages are normalized
 
 
 def snippet(text: str, query: str, *, words: int = 60, overlap: int = 20, width: int = 280) -> str:
@@ -99,8 +112,7 @@ def snippet(text: str, query: str, *, words: int = 60, overlap: int = 20, width:
     most distinct words with the query (the first on ties), cut to at most ``width`` characters
     from a little before its first match, at word boundaries, with ``…`` where it was cut."""
     wanted = query_words(query)
-    passages = split_passages(normalize_text(text), words, overlap) or [""]
-    best = max(passages, key=lambda passage: len(wanted & query_words(passage)))
+    best = max(_passages(text, words, overlap), key=lambda passage: len(wanted & passage[1]))[0]
     if len(best) <= width:
         return best
     first = next((match.start() for match in _WORD.finditer(best) if match.group().lower() in wanted), 0)

@@ -85,7 +85,7 @@ def test_the_wheel_holds_only_the_package(wheel_files: set[str]) -> None:
     assert tops == {"mmrank", "mmrank-0.1.0.dist-info"}
 
 
-def test_pipelines_and_assets_are_inside_the_package(wheel_files: set[str]) -> None:
+def test_pipelines_assets_and_the_page_are_inside_the_package(wheel_files: set[str]) -> None:
     pipelines = sorted((REPO / "pipelines").glob("*.yaml"))
     pdfs = sorted((ASSETS / "pdfs").glob("*.pdf"))
     images = sorted((ASSETS / "images").glob("*.jpg"))
@@ -94,6 +94,7 @@ def test_pipelines_and_assets_are_inside_the_package(wheel_files: set[str]) -> N
     expected |= {"mmrank/assets/questions.json"}
     expected |= {f"mmrank/assets/pdfs/{path.name}" for path in pdfs}
     expected |= {f"mmrank/assets/images/{path.name}" for path in images}
+    expected |= {"mmrank/web/index.html", "mmrank/web/app.js", "mmrank/web/style.css"}  # the serve page
     assert sorted(expected - wheel_files) == []
     # and nowhere else: not as top-level folders of their own
     assert not any(name.startswith(("pipelines/", "assets/")) for name in wheel_files)
