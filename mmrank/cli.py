@@ -1,4 +1,4 @@
-"""The ``mmrank`` command line: index, search, serve, info, eval, score, demo.
+"""The ``mmrank`` command line: index, import-vectors, search, serve, info, eval, score, demo.
 
 Only typer is imported at start-up; every command imports what it needs, so ``--help`` is fast.
 """
@@ -139,6 +139,75 @@ def index(
         _fail("nothing could be indexed.")
     if strict and report.skipped:
         _fail(f"{len(report.skipped)} files or pages were skipped (--strict).")
+
+
+@app.command(name="import-vectors")
+def import_vectors(
+    source: Annotated[Path, typer.Argument(help="Folder of embedding shards (or one .npy / .parquet file).",
+                                           show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Collection folder to create or add to.")],
+    encoder: Annotated[str, typer.Option(
+        help="The model that made the vectors, as an mmrank encoder name, e.g. "
+             "open_clip:ViT-B-32/laion2b_s34b_b79k or open_clip:ViT-L-14/openai; queries are encoded with it.",
+        show_default=False)],
+    space: Annotated[str, typer.Option(help="Vector space to fill: image or text.")] = "image",
+    layout: Annotated[str, typer.Option(
+        help="numpy: img_emb_N.npy (text_emb_N.npy for --space text) with metadata_N.parquet of the same "
+             "rows (clip-retrieval inference's output); parquet: .parquet files with an embedding column "
+             "(lists of floats) beside id and metadata columns; auto: numpy when there are .npy files.")] = "auto",
+    embedding_column: Annotated[str, typer.Option(help="parquet layout: the vectors' column.")] = "embedding",
+    id_column: Annotated[Optional[str], typer.Option(
+        help="Column of item ids.", show_default="the source column, else <shard>:<row>")] = None,
+    source_column: Annotated[str, typer.Option(
+        help="Column naming each row's image (rows with one become image items).")] = "image_path",
+    text_column: Annotated[str, typer.Option(help="Column of each row's text (caption).")] = "caption",
+    index_factory: Annotated[Optional[str], typer.Option(
+        help="FAISS index type for a new collection: Flat (exact), IVF4096,Flat, HNSW32 ...",
+        show_default="Flat, or the collection's")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows read and stored per transaction.")] = 8192,
+    strict: Annotated[bool, typer.Option(help="Exit with an error if any file or row is skipped.")] = False,
+    no_wait: Annotated[bool, typer.Option(
+        "--no-wait", help="If another mmrank process is writing to the collection, stop at once.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Build or extend a collection from embeddings computed elsewhere (no encoding).
+
+    SOURCE is laid out as clip-retrieval's inference writes it (numpy: img_emb_N.npy or text_emb_N.npy
+    matrices, each with a metadata_N.parquet of the same rows, e.g. image_path, caption, url) or as
+    parquet files with an embedding column. Each row becomes an item: an image when its source column names one, else a text. Vectors are
+    L2-normalised; rows with NaN, infinite or zero vectors are skipped. Re-running adds only what is
+    missing. A shard that cannot be read, has another dimension, or whose metadata has another number
+    of rows is reported and skipped.
+    """
+    from mmrank.collection import Collection
+    from mmrank.vector_import import check_encoder_name, find_shards, import_embeddings
+
+    check_encoder_name(encoder, space)  # checked before anything is created
+    find_shards(source, space, layout)
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
+    waiting = {"wait": not no_wait, "on_wait": lambda message: typer.echo(message, err=True)}
+    with Collection.open_or_create(out, index_factory=index_factory, **waiting) as collection:
+        report = import_embeddings(collection, source, encoder=encoder, space=space, layout=layout,
+                                   embedding_column=embedding_column, id_column=id_column,
+                                   source_column=source_column, text_column=text_column, batch_size=batch_size,
+                                   progress=not (quiet or as_json), **waiting)
+        items = len(collection)
+    if as_json:
+        typer.echo(json.dumps({**report.to_dict(), "collection": str(out), "items": items}, indent=2))
+    else:
+        typer.echo(f"Imported {report.added} {space} vectors from {report.files} {report.layout} files in "
+                   f"{report.seconds:.1f} s; {report.already_present} already there, {report.bad_rows} bad rows "
+                   f"and {len(report.bad_files)} bad files skipped. {out} now holds {items} items.")
+    for warning in report.warnings:
+        typer.echo(f"warning {warning.path}: {warning.reason}", err=True)
+    for bad in report.bad_files:
+        typer.echo(f"skipped {bad.path}: {bad.reason}", err=True)
+    if not report.imported_anything:
+        _fail("nothing could be imported.")
+    if strict and (report.bad_files or report.bad_rows):
+        _fail(f"{len(report.bad_files)} files and {report.bad_rows} rows were skipped (--strict).")
 
 
 @app.command()
