@@ -276,12 +276,14 @@ class Collection:
         return self.indexes.search_vectors(space, queries, k, among=among)
 
     def search_vector_rows(self, space: str, queries: np.ndarray, k: int, *, encoder: str | None = None,
-                           among: Sequence[Iterable[str] | None] | None = None) -> list[RowHits]:
+                           among: Sequence[Iterable[str] | None] | None = None, nprobe: int | None = None,
+                           ef_search: int | None = None) -> list[RowHits]:
         """:meth:`search_vectors` with each query's hits as arrays (rows of :meth:`item_table` and
-        scores), for rankings that go deep (evaluation)."""
+        scores), for rankings that go deep (evaluation). ``nprobe`` / ``ef_search`` set this
+        search's breadth on IVF / HNSW indexes (ignored by exact ones)."""
         if encoder is not None:
             self.check_encoder(space, encoder, self.manifest.space(space).dim)
-        return self.indexes.search_vector_rows(space, queries, k, among=among)
+        return self.indexes.search_vector_rows(space, queries, k, among=among, nprobe=nprobe, ef_search=ef_search)
 
     def item_table(self) -> ItemTable:
         """A row number for every item (:class:`mmrank.columns.ItemTable`), for rankings held as arrays."""

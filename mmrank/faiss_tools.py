@@ -170,6 +170,37 @@ def id_map_labels(index: Any) -> np.ndarray | None:
 
 
 DEEP_SEARCH = 4  # a search for more than 1/DEEP_SEARCH of an exact index's vectors sorts every score
+DEFAULT_EF_SEARCH = 128
+
+
+def is_ivf(index: Any) -> bool:
+    """Whether ``index`` (or the index an IDMap wraps) is an inverted-file index."""
+    import faiss
+
+    try:
+        return faiss.extract_index_ivf(index) is not None
+    except RuntimeError:
+        return False
+
+
+def is_hnsw(index: Any) -> bool:
+    """Whether ``index`` (or the index an IDMap wraps) is an HNSW graph."""
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    return isinstance(inner, faiss.IndexHNSW)
+
+
+def default_nprobe(index: Any) -> int | None:
+    """The inverted lists an IVF search visits unless told otherwise: a sixteenth of them, at least
+    8 (FAISS's own default, 1, finds about one true neighbour in seven on clustered data); None
+    for an index that is not IVF."""
+    import faiss
+
+    if not is_ivf(index):
+        return None
+    nlist = faiss.extract_index_ivf(index).nlist
+    return min(nlist, max(8, nlist // 16))
 
 
 def flat_view(index: Any) -> tuple[np.ndarray, np.ndarray] | None:
@@ -251,16 +282,30 @@ class FaissStore:
         self.index = self._faiss.index_cpu_to_gpu(self._resources, self._gpu, cpu_index)
         return removed
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, *, nprobe: int | None = None,
+               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, labels) of the ``k`` best per query; label -1 where there are fewer hits.
 
-        A deep search of an exact CPU index (``k`` above a quarter of its vectors, as evaluation
-        asks for full rankings) computes every score and sorts them (:func:`sorted_search`):
-        FAISS's per-query heaps cost several times more at that depth."""
+        ``nprobe`` (IVF) and ``ef_search`` (HNSW) set this search's breadth, leaving the index's
+        own setting alone; they are ignored by indexes they do not apply to. A deep search of an
+        exact CPU index (``k`` above a quarter of its vectors, as evaluation asks for full rankings)
+        computes every score and sorts them (:func:`sorted_search`): FAISS's per-query heaps cost
+        several times more at that depth."""
         flat = flat_view(self.index) if self._gpu is None and DEEP_SEARCH * k > self.index.ntotal else None
         if flat is not None:
             return sorted_search(*flat, queries, k)
-        return self.index.search(queries, k)
+        params = self._search_parameters(nprobe, ef_search)
+        return self.index.search(queries, k) if params is None else self.index.search(queries, k, params=params)
+
+    def _search_parameters(self, nprobe: int | None, ef_search: int | None) -> Any:
+        """FAISS's per-search parameters for this index, or None when none apply."""
+        if self._gpu is not None:
+            return None
+        if nprobe is not None and is_ivf(self.index):
+            return self._faiss.SearchParametersIVF(nprobe=nprobe)
+        if ef_search is not None and is_hnsw(self.index):
+            return self._faiss.SearchParametersHNSW(efSearch=ef_search)
+        return None
 
     def set_parameter(self, name: str, value: int) -> None:
         """A search parameter such as ``nprobe`` or ``efSearch`` (RuntimeError when it does not apply)."""

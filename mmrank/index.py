@@ -209,6 +209,19 @@ class VectorIndex:
     def ef_search(self, value: int) -> None:
         self._ef_search = self._set_search_parameter("efSearch", value)
 
+    def use_default_breadth(self) -> None:
+        """Set ``nprobe`` (IVF) or ``ef_search`` (HNSW) to mmrank's defaults (saved with the index):
+        :func:`~mmrank.faiss_tools.default_nprobe` and ``DEFAULT_EF_SEARCH``, where FAISS's own
+        (1 and 16) miss most neighbours. Nothing changes for other indexes."""
+        if self.backend == "torch":  # exact search: no breadth
+            return
+        fresh = faiss_tools.new_index(self.dim, self.factory)
+        nprobe = faiss_tools.default_nprobe(fresh)
+        if nprobe is not None:
+            self.nprobe = nprobe
+        elif faiss_tools.is_hnsw(fresh):
+            self.ef_search = faiss_tools.DEFAULT_EF_SEARCH
+
     def _set_search_parameter(self, name: str, value: int) -> int:
         value = _positive_int(value, name)
         applies = f"{name} applies to {'IVF' if name == 'nprobe' else 'HNSW'} indexes, not to {self.factory!r}"
@@ -311,16 +324,21 @@ class VectorIndex:
             scores = np.pad(scores, ((0, 0), (0, k - scores.shape[1])), constant_values=-np.inf)
         return ids, scores
 
-    def search_labels(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_labels(self, queries: np.ndarray, k: int, *, nprobe: int | None = None,
+                      ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``min(k, len(self))`` best labels per query (int64, -1 where the index found fewer)
         and their float32 scores (-inf there): :meth:`search` before labels become ids, for
-        callers that keep rankings as arrays (:meth:`label_ids` maps labels to ids)."""
+        callers that keep rankings as arrays (:meth:`label_ids` maps labels to ids). ``nprobe``
+        and ``ef_search`` widen or narrow this search only (ignored where they do not apply)."""
         queries = as_vectors(queries, self.dim, "queries", allow_1d=True)
         k = _positive_int(k, "k")
         found = min(k, len(self))
         if found == 0:
             return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
-        scores, labels = self._store.search(queries, found)
+        if isinstance(self._store, TorchExactSearch):  # exact: no breadth to set
+            scores, labels = self._store.search(queries, found)
+        else:
+            scores, labels = self._store.search(queries, found, nprobe=nprobe, ef_search=ef_search)
         scores[labels < 0] = -np.inf
         return labels, scores
 

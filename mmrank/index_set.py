@@ -93,9 +93,11 @@ class IndexSet:
         return [as_hits(table, hits) for hits in self.search_vector_rows(space, queries, k, among=among)]
 
     def search_vector_rows(self, space: str, queries: np.ndarray, k: int, *,
-                           among: Sequence[Iterable[str] | None] | None = None) -> list[RowHits]:
+                           among: Sequence[Iterable[str] | None] | None = None, nprobe: int | None = None,
+                           ef_search: int | None = None) -> list[RowHits]:
         """:meth:`search_vectors` with each query's hits as arrays: rows of :meth:`item_table`
-        and scores (float32), best first."""
+        and scores (float32), best first. ``nprobe`` / ``ef_search`` set this search's breadth on
+        IVF / HNSW indexes (the index's own default otherwise)."""
         dim = self.manifest.space(space).dim
         _check_k(k)
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
@@ -111,7 +113,8 @@ class IndexSet:
             # The best k items' best vectors are among the top k * parts vectors (an item has at most
             # ``parts`` vectors), so that many are fetched and each item keeps its best one.
             parts = self._parts(space)
-            labels, scores = index.search_labels(np.stack(rows), min(len(index), k * parts))
+            labels, scores = index.search_labels(np.stack(rows), min(len(index), k * parts), nprobe=nprobe,
+                                                 ef_search=ef_search)
             item_rows = self._label_rows(space, index)[labels]
             if parts == 1:  # one vector per item: no item twice, only "no hit" slots to drop
                 if not (item_rows == NO_ROW).any():
@@ -164,7 +167,10 @@ class IndexSet:
         self._forget_if_stale()
         if space not in self._vectors:
             def load(folder: Path) -> VectorIndex:
-                return VectorIndex.load(folder, device=self.device)
+                index = VectorIndex.load(folder, device=self.device)
+                if index.nprobe is None and index.ef_search is None:  # saved before mmrank set breadths
+                    index.use_default_breadth()
+                return index
 
             loaded = self._load_published(space, load)
             if loaded is None and self._publish_rebuilt():
@@ -289,6 +295,7 @@ class IndexSet:
         if self._parts(space) > 1:
             ids = [vector_key(item_id, part) for item_id, part in zip(ids, parts)]
         index = VectorIndex(dim, factory, device=self.device)
+        index.use_default_breadth()
         if ids:
             try:
                 index.add(ids, vectors)

@@ -24,6 +24,7 @@ from mmrank.collection import Collection
 from mmrank.config import dataclass_options
 from mmrank.encoders import encodes_text
 from mmrank.errors import InputError
+from mmrank.rerankers.base import at_least_one
 from mmrank.columns import ItemTable, RowHits, from_hits, positions, without_rows
 from mmrank.fusion import FUSION_METHODS, compose_query_vector, fuse_rows
 from mmrank.types import Hit, Item, Query, Ranking, StageScore
@@ -37,7 +38,8 @@ class HybridRetriever:
     """Searches every applicable path to ``depth`` and fuses them (``rrf`` or ``score``).
 
     When only one path applies, its own scores are kept. ``alpha`` weighs the modification text
-    against the reference image in composed queries.
+    against the reference image in composed queries. ``nprobe`` / ``ef_search`` set how widely an
+    IVF / HNSW index is searched (None: the breadth saved with the index; exact indexes ignore them).
     """
 
     paths: Sequence[str] = PATHS
@@ -46,6 +48,8 @@ class HybridRetriever:
     depth: int = 100
     rrf_k: int = 60
     alpha: float = 0.8
+    nprobe: int | None = None
+    ef_search: int | None = None
     name: str = field(default=STAGE, init=False)
 
     def __post_init__(self) -> None:
@@ -54,6 +58,8 @@ class HybridRetriever:
             raise InputError(f"Unknown retrieval paths {sorted(unknown)}; choose from {', '.join(PATHS)}.")
         if self.fusion not in FUSION_METHODS:
             raise InputError(f"Unknown fusion method '{self.fusion}'; choose one of {', '.join(FUSION_METHODS)}.")
+        for option in ("nprobe", "ef_search"):
+            at_least_one(option, getattr(self, option))
 
     def to_config(self) -> dict[str, Any]:
         """The options that build this retriever again."""
@@ -137,7 +143,8 @@ class HybridRetriever:
         else:
             encoder = collection.encoder("image")
             vectors = self._image_query_vectors(queries, encoder)
-        found = collection.search_vector_rows(path, vectors, wider, encoder=encoder.name, among=among)
+        found = collection.search_vector_rows(path, vectors, wider, encoder=encoder.name, among=among,
+                                              nprobe=self.nprobe, ef_search=self.ef_search)
         return without_excluded_rows(queries, found, table, depth), vectors
 
     def _image_query_vectors(self, queries: Sequence[Query], encoder) -> np.ndarray:

@@ -224,3 +224,38 @@ def test_a_collection_from_before_passages_is_upgraded_on_opening(tmp_path):
         assert reopened.item_vectors(["three"], "text")[0] == ["three"]
         reopened.build_indexes()
         assert len(reopened.search_vectors("text", _unit(1)[0][None], k=3)[0]) == 3
+
+
+def test_an_ivf_collection_searches_wide_enough_by_default_and_per_search(tmp_path):
+    from mmrank.retrieval import HybridRetriever
+    from tests.vectors import clustered, exact_top_k
+
+    data = clustered(4000, 16, clusters=64, seed=3)
+    queries = clustered(40, 16, clusters=64, seed=4)
+    ids = [f"v{i}" for i in range(len(data))]
+    with Collection.create(tmp_path / "c", index_factory="IVF64,Flat") as collection:
+        collection.bind_encoder("text", "test:encoder", 16)
+        collection.add([Item(id=i, kind="text", text=i) for i in ids], {"text": (ids, data)})
+        collection.build_indexes()
+    exact, _ = exact_top_k(data, queries, 10)
+    expected = [[ids[row] for row in rows] for rows in exact]
+
+    def recall(nprobe=None):
+        with Collection.open(tmp_path / "c") as collection:
+            found = collection.search_vector_rows("text", queries, 10, nprobe=nprobe)
+            table = collection.item_table()
+            return np.mean([len(set(table.id_list(rows)) & set(truth)) / 10
+                            for (rows, _), truth in zip(found, expected)])
+
+    # FAISS's own default (1 list of 64) finds few true neighbours; the saved default (8) most.
+    assert json.loads(next((tmp_path / "c" / "index").glob("text.r*/index.json")).read_text())["nprobe"] == 8
+    assert recall(nprobe=1) < 0.7 and recall() >= 0.9
+    assert recall(nprobe=64) == 1.0  # every list: exact
+    # An index saved before mmrank set breadths (nprobe null) gets the default when loaded.
+    saved = next((tmp_path / "c" / "index").glob("text.r*/index.json"))
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "nprobe": None}))
+    with Collection.open(tmp_path / "c") as collection:
+        assert collection.indexes.vector_index("text").nprobe == 8
+    assert HybridRetriever(paths=["text"], nprobe=64).nprobe == 64
+    with pytest.raises(InputError, match="nprobe must be at least 1"):
+        HybridRetriever(nprobe=0)

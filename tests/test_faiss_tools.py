@@ -529,3 +529,23 @@ def test_descending_order_puts_equal_values_last_position_first():
         values = rng.integers(0, rng.integers(1, 8), rng.integers(0, 40)).astype(np.float32)
         expected = len(values) - 1 - np.argsort(-values[::-1], kind="stable")
         assert faiss_tools.descending_order(values).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize(("factory", "nprobe", "hnsw"), [("IVF64,Flat", 8, False), ("IVF4096,PQ8", 256, False),
+                                                        ("IVF8,Flat", 8, False), ("Flat", None, False),
+                                                        ("HNSW32", None, True)])
+def test_default_breadths_by_index_type(factory, nprobe, hnsw):
+    index = faiss_tools.new_index(16, factory)
+    assert faiss_tools.default_nprobe(index) == nprobe and faiss_tools.is_hnsw(index) is hnsw
+    assert faiss_tools.is_ivf(index) is (nprobe is not None)
+
+
+def test_a_search_can_widen_an_ivf_index_without_changing_it():
+    data = sample_vectors.clustered(2000, 16, clusters=32, seed=1)
+    index = faiss_tools.new_index(16, "IVF32,Flat")
+    index.train(data)
+    index.add_with_ids(data, np.arange(2000, dtype=np.int64))
+    store = faiss_tools.FaissStore(index)
+    exact, _ = sample_vectors.exact_top_k(data, data[:20], 10)
+    _, labels = store.search(data[:20], 10, nprobe=32)
+    assert np.array_equal(labels, exact) and index.nprobe == 1
