@@ -131,10 +131,7 @@ def index(
         f"({report.items_added} items) in {report.seconds:.1f} s; {report.unchanged_files} unchanged{removed}. "
         f"{out} now holds {info['items']} items."
     )
-    for warning in report.warnings:
-        typer.echo(f"warning {warning.path}: {warning.reason}", err=True)
-    for skipped in report.skipped:
-        typer.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
+    _echo_problems(report.warnings, report.skipped)
     if not report.indexed_anything:
         _fail("nothing could be indexed.")
     if strict and report.skipped:
@@ -200,10 +197,7 @@ def import_vectors(
         typer.echo(f"Imported {report.added} {space} vectors from {report.files} {report.layout} files in "
                    f"{report.seconds:.1f} s; {report.already_present} already there, {report.bad_rows} bad rows "
                    f"and {len(report.bad_files)} bad files skipped. {out} now holds {items} items.")
-    for warning in report.warnings:
-        typer.echo(f"warning {warning.path}: {warning.reason}", err=True)
-    for bad in report.bad_files:
-        typer.echo(f"skipped {bad.path}: {bad.reason}", err=True)
+    _echo_problems(report.warnings, report.bad_files)
     if not report.imported_anything:
         _fail("nothing could be imported.")
     if strict and (report.bad_files or report.bad_rows):
@@ -569,6 +563,15 @@ def _pipeline(name: str | None, collection, mllm: str | None, mllm_url: str | No
         raise InputError(f"--mllm/--mllm-url/--trust-remote-code need a pipeline with an MLLM reranker (bundled: "
                          f"{', '.join(_mllm_pipelines())}); {name or 'the default pipeline'} has none.")
     return runner
+
+
+def _echo_problems(warnings, skipped) -> None:
+    """``warning <file>: <reason>`` and ``skipped <file>: <reason>`` lines on stderr, as index and
+    import-vectors report them."""
+    for warning in warnings:
+        typer.echo(f"warning {warning.path}: {warning.reason}", err=True)
+    for bad in skipped:
+        typer.echo(f"skipped {bad.path}: {bad.reason}", err=True)
 
 
 def _check_output(path: Path | None, option: str) -> None:

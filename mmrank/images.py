@@ -26,6 +26,23 @@ def open_rgb(image: ImageInput) -> PILImage.Image:
         raise InputError(f"Cannot read image {str(image)!r}: {exc}") from exc
 
 
+def encoded(picture: PILImage.Image, format: str = "JPEG", **options) -> bytes:
+    """``picture`` as a ``format`` file in memory (``options`` as PIL's ``save`` takes them, e.g.
+    ``quality``); JPEG gets the picture in RGB."""
+    import io
+
+    buffer = io.BytesIO()
+    (picture.convert("RGB") if format.upper() == "JPEG" else picture).save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def data_url(picture: PILImage.Image, format: str = "JPEG", **options) -> str:
+    """:func:`encoded` as a ``data:image/<format>;base64,...`` URL (for HTML and OpenAI messages)."""
+    import base64
+
+    return f"data:image/{format.lower()};base64,{base64.b64encode(encoded(picture, format, **options)).decode('ascii')}"
+
+
 def item_image(item: Item, dpi: int = DEFAULT_DPI) -> PILImage.Image:
     """The picture of an item: an image file, or a page (rendered from its PDF at ``dpi``, or read
     from the page-image file a dataset ships). Text items have none: InputError."""

@@ -9,15 +9,13 @@ rank to its final one. Every image is embedded, so the file stands alone.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmrank.images import item_image
+from mmrank.images import data_url, item_image
 from mmrank.errors import InputError
 from mmrank.text import query_words, snippet
 from mmrank.types import Hit, Item, Ranking
@@ -213,10 +211,7 @@ def _stage_cell(hit: Hit, stage: str) -> str:
 def _img_tag(picture: Image.Image | None, alt: str = "preview") -> str:
     if picture is None:
         return "<span class='muted'>no preview</span>"
-    buffer = io.BytesIO()
-    picture.convert("RGB").save(buffer, format="JPEG", quality=80)
-    return (f"<img alt='{html.escape(alt)}' "
-            f"src='data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}'>")
+    return f"<img alt='{html.escape(alt)}' src='{data_url(picture, quality=80)}'>"
 
 
 def _picture_tag(picture: Any, alt: str) -> str:
@@ -234,12 +229,8 @@ def _picture_tag(picture: Any, alt: str) -> str:
     if picture.width > PICTURE_PX:
         height = max(1, round(picture.height * PICTURE_PX / picture.width))
         picture = picture.resize((PICTURE_PX, height), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
     if picture.mode in ("RGBA", "LA") or (picture.mode == "P" and "transparency" in picture.info):
-        picture.save(buffer, format="PNG", optimize=True)
-        kind = "png"
+        url = data_url(picture, "PNG", optimize=True)
     else:
-        picture.convert("RGB").save(buffer, format="JPEG", quality=88)
-        kind = "jpeg"
-    return (f"<img class='picture' alt='{html.escape(alt)}' width='{picture.width}' "
-            f"src='data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode()}'>")
+        url = data_url(picture, quality=88)
+    return f"<img class='picture' alt='{html.escape(alt)}' width='{picture.width}' src='{url}'>"

@@ -103,6 +103,7 @@ class HybridRetriever:
             rows, scores = self._fuse(paths)
             retrieved.append(Retrieved(query, table, rows[:depth], scores[:depth], paths, searched, seconds))
         return retrieved
+
     def active_paths(self, query: Query, collection: Collection) -> list[str]:
         """The configured paths this query and collection allow, in configured order."""
         usable = self._usable(collection)
@@ -205,7 +206,8 @@ class Retrieved:
         rows, scores = self.rows[:head], self.scores[:head]
         per_path = {}
         for path, (path_rows, path_scores) in self.paths.items():
-            at = positions(path_rows, rows, len(self.table))
+            # One path: the fused order is its own, so no lookup over a (possibly full-depth) order.
+            at = np.arange(len(rows)) if len(self.paths) == 1 else positions(path_rows, rows, len(self.table))
             per_path[path] = (at, path_scores)
         hits = []
         for n, (item_id, score) in enumerate(zip(self.table.id_list(rows), scores.astype(float).tolist())):

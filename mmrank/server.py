@@ -22,7 +22,6 @@ from their header when they hold more than ``max_image_pixels`` (413, before any
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import json
 import secrets
@@ -44,6 +43,7 @@ from fastapi.staticfiles import StaticFiles
 from mmrank.batcher import DynamicBatcher
 from mmrank.collection import Collection
 from mmrank.errors import InputError, MMRankError, ModelUnavailableError
+from mmrank.images import data_url, encoded
 from mmrank.pipeline import Pipeline
 from mmrank.types import Item, Query, Ranking
 
@@ -297,18 +297,12 @@ def _answer(entry: Served, pipeline: str, ranking: Ranking) -> dict[str, Any]:
         "query": {"text": ranking.query.search_text, "image": ranking.query.image is not None},
         "stages": list(ranking.timings), "timings_ms": {s: 1000 * t for s, t in ranking.timings.items()},
         "hits": hits, "explanations": {s: list(texts) for s, texts in ranking.explanations.items()},
-        "pictures": {s: [_data_url(p) for p in shown] for s, shown in ranking.pictures.items()},
+        "pictures": {s: [data_url(p, quality=85) for p in shown] for s, shown in ranking.pictures.items()},
     }
 
 
 def _has_picture(item: Any) -> bool:
     return item.kind != "text" and item.source is not None
-
-
-def _data_url(picture: Any) -> str:
-    buffer = io.BytesIO()
-    picture.convert("RGB").save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def thumbnail_jpeg(item: Item, size: int) -> bytes | None:
@@ -322,11 +316,7 @@ def _rendered(kind: str, source: str, page: int | None, size: int) -> bytes | No
     from mmrank.report import thumbnail
 
     picture = thumbnail(Item(id=source, kind=kind, source=source, page=page), size)
-    if picture is None:
-        return None
-    buffer = io.BytesIO()
-    picture.convert("RGB").save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
+    return None if picture is None else encoded(picture, quality=85)
 
 
 class UploadLimit:

@@ -29,8 +29,6 @@ server does not list among its top tokens gets probability 0. vLLM caps ``top_lo
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import re
@@ -42,7 +40,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mmrank.errors import InputError, ModelReplyError, ModelUnavailableError
-from mmrank.images import open_rgb
+from mmrank.images import data_url, open_rgb
 from mmrank.mllm.base import (
     Conversation,
     Generation,
@@ -306,14 +304,12 @@ class OpenAICompatibleModel:
     def _data_url(self, image: Any) -> str:
         if image is None:
             raise InputError("An image part has no 'image' (a PIL image or a path).")
-        buffer = io.BytesIO()
         picture = open_rgb(image)
         if self.max_pixels is not None and picture.width * picture.height > self.max_pixels:
             scale = (self.max_pixels / (picture.width * picture.height)) ** 0.5
             size = (max(1, int(picture.width * scale)), max(1, int(picture.height * scale)))
             picture = picture.resize(size, resample=3)  # bicubic
-        picture.save(buffer, format=_IMAGE_FORMATS[self.image_format])
-        return f"data:image/{self.image_format};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+        return data_url(picture, _IMAGE_FORMATS[self.image_format])
 
     @contextmanager
     def _server_errors(self) -> Iterator[None]:
