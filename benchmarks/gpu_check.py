@@ -20,6 +20,10 @@ Checks (each one's failure becomes a row with its error; the rest still run):
     against the CPU ones, the largest "shortfall" (how far below the true 10th score the worst item
     the GPU returned really scores: near-ties swapped by float16 rounding show as a tiny shortfall),
     and queries/s of both, for the default float16 and for float32;
+  * several GPUs: the torch exact search split over every visible GPU vs one GPU (identical results
+    on small-integer vectors, ties included; queries/s on random ones), with one GPU only the code
+    path (two parts on it) and a "1 GPU visible: skipped" row; FAISS sharded / replicated over the
+    GPUs vs one (recall, queries/s, remove, merge back to the CPU), or "skipped: no faiss GPU build";
   * a Collection built and saved on CUDA reopens on the CPU with the same search results;
   * open_clip ViT-B-32 / ViT-L-14 image encoding (random weights, float16), images/s;
   * SuperGlobal refinement (Q=1000, M=400, K=9, D=2048), ms/query;
@@ -259,6 +263,144 @@ def search_parity(n: int, dim: int, nq: int, k: int, device: str, repeats: int =
     return rows
 
 
+# ---------------------------------------------------------------------------------- several GPUs
+
+def split_plan(device: str, visible: int) -> tuple[str, list[str], str | None]:
+    """Where the several-device checks run: (one device, the devices to split over, why the
+    comparison over all GPUs is skipped, or None). On the CPU: two "devices" that are both the CPU
+    (the logic, not the speed); with one GPU: two parts on it (the code runs on CUDA, the speed-up
+    cannot be measured)."""
+    if not cuda_device(device):
+        return "cpu", ["cpu", "cpu"], None
+    if visible < 2:
+        return "cuda:0", ["cuda:0", "cuda:0"], "1 GPU visible: skipped"
+    return "cuda:0", [f"cuda:{i}" for i in range(visible)], None
+
+
+def torch_split_search(n: int, dim: int, nq: int, k: int, one: str, several: Sequence[str], repeats: int = 3,
+                       moot: str | None = None) -> list[Row]:
+    """TorchExactSearch on ``one`` device vs split over ``several``: on small-integer vectors (exact
+    scores, many ties) the results must be identical; on random unit vectors the same up to the
+    rounding of differently shaped matrix products; queries/s of both. ``moot``: why the speed
+    comparison over all GPUs is skipped (a row says so)."""
+    from mmrank.torch_search import TorchExactSearch
+    from timing import timed
+
+    where = f"{len(several)} parts on {', '.join(dict.fromkeys(several))}"
+    rows = []
+    if moot is not None:
+        rows.append(Row("torch exact search split over all GPUs vs one", moot, status="skipped"))
+    rng = np.random.default_rng(5)
+    small = min(n, 200_000)
+    integers = rng.integers(-2, 3, (small, dim)).astype(np.float32)
+    int_queries = rng.integers(-2, 3, (nq, dim)).astype(np.float32)
+    labels = rng.permutation(small).astype(np.int64)
+    results = []
+    for store in (TorchExactSearch(dim, one), TorchExactSearch(dim, devices=list(several))):
+        store.add(integers, labels)
+        results.append(store.search(int_queries, k))
+        store = None
+    same = np.array_equal(results[0][0], results[1][0]) and np.array_equal(results[0][1], results[1][1])
+    rows.append(Row(f"torch split search, integer vectors ({where}; N={small:,} D={dim} k={k})",
+                    "identical labels and scores" if same else
+                    f"{int((results[0][1] == results[1][1]).all(axis=1).sum())}/{nq} identical rows",
+                    "identical, ties included", "pass" if same else "FAIL"))
+    integers = results = None
+
+    database = random_unit(n, dim, seed=8, device=one)
+    queries = random_unit(nq, dim, seed=9, device=one)
+    labels = np.arange(n, dtype=np.int64)
+    single = TorchExactSearch(dim, one)
+    single.add(database, labels)
+    truth_scores, truth = single.search(queries, k)
+    one_seconds = timed(lambda: single.search(queries, k), one, repeats)
+    name = str(single.dtype).removeprefix("torch.")
+    single = None
+    gc.collect()
+    split = TorchExactSearch(dim, devices=list(several))
+    split.add(database, labels)
+    scores, found = split.search(queries, k)
+    split_seconds = timed(lambda: split.search(queries, k), one, repeats)
+    split = None
+    identical = int((found == truth).all(axis=1).sum())
+    recall = recall_at_k(found.tolist(), truth.tolist(), k)
+    worst = shortfall([[str(i) for i in row] for row in found], truth_scores, database, queries, k)
+    allowed = {"float16": 2e-3, "bfloat16": 1.5e-2}.get(name, 1e-5)
+    ok = recall >= 0.999 and worst <= allowed
+    rows.append(Row(
+        f"torch split search {name} ({where}) vs {one} (N={n:,} D={dim} Q={nq} k={k})",
+        f"{identical}/{nq} identical rows; recall {recall:.4f}; shortfall {worst:.1e}; "
+        f"{nq / one_seconds:,.0f} -> {nq / split_seconds:,.0f} queries/s ({one_seconds / split_seconds:.2f}x)",
+        f"identical up to {name} rounding", "pass" if ok else "FAIL"))
+    return rows
+
+
+def faiss_multi_gpu(n: int, dim: int, nq: int, k: int, repeats: int = 3) -> list[Row]:
+    """FAISS sharded and replicated over the GPUs (two parts on one GPU when there is only one) vs
+    one GPU, for Flat and IVF: recall, queries/s, removal and the merge back to one CPU index.
+    Skipped without a FAISS GPU build."""
+    import faiss
+    from mmrank import faiss_shards, faiss_tools
+    from timing import timed
+
+    gpus = faiss_tools.faiss_gpu_count()
+    if gpus == 0:
+        return [Row("FAISS sharded / replicated over GPUs", "skipped: no faiss GPU build", status="skipped")]
+    numbers = list(range(gpus)) if gpus > 1 else [0, 0]
+    database, queries = random_unit(n, dim, seed=10, device="cuda"), random_unit(nq, dim, seed=11, device="cuda")
+    labels = np.arange(n, dtype=np.int64)
+    rows = []
+    for factory in ("Flat", "IVF1024,Flat"):
+        cpu = faiss_tools.new_index(dim, factory)
+        if not cpu.is_trained:
+            cpu.train(database[: min(n, 100_000)])
+        cpu.add_with_ids(database, labels)
+        one = faiss_tools.FaissStore(faiss.clone_index(cpu), 0)
+        if factory != "Flat":
+            one.set_parameter("nprobe", 32)
+        truth_scores, truth = one.search(queries, k)
+        one_seconds = timed(lambda: one.search(queries, k), "cuda", repeats)
+        one = None
+        for mode in faiss_shards.MULTI_GPU_MODES:
+            store = faiss_tools.FaissStore(faiss.clone_index(cpu), gpus=numbers, multi_gpu=mode)
+            if factory != "Flat":
+                store.set_parameter("nprobe", 32)
+            scores, found = store.search(queries, k)
+            seconds = timed(lambda: store.search(queries, k), "cuda", repeats)
+            recall = recall_at_k(found.tolist(), truth.tolist(), k)
+            diff = float(np.abs(scores - truth_scores).max())
+            back = store.to_cpu()
+            merged = back.ntotal == n and sorted(
+                (faiss_tools.id_map_labels(back) if factory == "Flat" else faiss_shards.ivf_labels(back)).tolist()
+            ) == labels.tolist()
+            removed = store.remove(labels[:100]) == 100 and not np.isin(store.search(queries, k)[1], labels[:100]).any()
+            ok = recall >= 0.999 and diff < 1e-4 and merged and removed
+            rows.append(Row(
+                f"FAISS {factory} {mode} over GPUs {numbers} vs GPU 0 (N={n:,} D={dim} Q={nq} k={k})",
+                f"recall {recall:.4f}; max score diff {diff:.1e}; {nq / one_seconds:,.0f} -> "
+                f"{nq / seconds:,.0f} queries/s; to_cpu {'same labels' if merged else 'WRONG'}; "
+                f"remove {'ok' if removed else 'WRONG'}",
+                "same results (ties aside)", "pass" if ok else "FAIL"))
+            store = back = None
+            gc.collect()
+    return rows
+
+
+def multi_gpu_checks(device: str, size: dict) -> list[Row]:
+    """The torch split search (over every visible GPU; see split_plan) and FAISS's sharded and
+    replicated indexes."""
+    torch = _torch()
+    visible = torch.cuda.device_count() if torch is not None and cuda_device(device) else 0
+    one, several, moot = split_plan(device, visible)
+    rows = torch_split_search(size["multi_n"], size["dim"], size["nq"], size["k"], one, several,
+                              size["repeats"], moot)
+    if cuda_device(device):
+        rows += faiss_multi_gpu(size["multi_n"], 128, size["nq"], size["k"], size["repeats"])
+    else:
+        rows.append(skipped("FAISS sharded / replicated over GPUs"))
+    return rows
+
+
 def collection_roundtrip(n: int, dim: int, nq: int, k: int, device: str, folder: Path) -> list[Row]:
     """Build a Collection's index on ``device``, save it, reopen the collection on the CPU and
     compare the search results (ids and scores)."""
@@ -454,13 +596,15 @@ def sizes(device: str, quick: bool) -> dict:
                 "repeats": 3, "collection_n": 20_000, "clip_batch": 64 if quick else 256,
                 "clip_models": ("ViT-B-32", "ViT-L-14"), "sg_q": 100 if quick else 1000,
                 "sg_n": 20_000 if quick else 100_000, "mllm_arch": "qwen2.5-vl-3b",
-                "mllm_args": ("--repeats", "1"), "cir_args": ("--repeats", "2"), "bench_timeout": 150}
+                "mllm_args": ("--repeats", "1"), "cir_args": ("--repeats", "2"), "bench_timeout": 150,
+                "multi_n": 100_000 if quick else 1_000_000}
     return {"n": 2_000 if quick else 50_000, "nq": 50 if quick else 200, "dim": 512 if not quick else 128,
             "k": 10, "repeats": 1 if quick else 3, "collection_n": 2_000, "clip_batch": 2 if quick else 8,
             "clip_models": ("ViT-B-32",), "sg_q": 4 if quick else 20, "sg_n": 2_000 if quick else 10_000,
             "mllm_arch": "tiny",
             "mllm_args": ("--repeats", "1", "--candidates", "4", "--window", "2", "--new-tokens", "8"),
-            "cir_args": ("--queries", "1", "--k", "4", "--repeats", "1"), "bench_timeout": 120 if quick else 300}
+            "cir_args": ("--queries", "1", "--k", "4", "--repeats", "1"), "bench_timeout": 120 if quick else 300,
+            "multi_n": 2_000 if quick else 20_000}
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -486,7 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a dry run")
     parser.add_argument("--wheels", type=Path, default=ROOT / "wheels", help="folder of carried wheels")
     parser.add_argument("--site", type=Path, default=DEFAULT_SITE, help="where missing wheels are installed")
-    parser.add_argument("--only", nargs="+", choices=("search", "collection", "clip", "superglobal", "cir", "mllm"),
+    parser.add_argument("--only", nargs="+", choices=("search", "multigpu", "collection", "clip", "superglobal", "cir",
+                                                       "mllm"),
                         help="run only these checks")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     parser.add_argument("--budget", type=float, default=330.0,
@@ -506,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     has_cuda = torch is not None and torch.cuda.is_available()
     print(environment_line(device), flush=True)
     size = sizes(device, args.quick)
-    wanted = set(args.only or ("search", "collection", "clip", "superglobal", "cir", "mllm"))
+    wanted = set(args.only or ("search", "multigpu", "collection", "clip", "superglobal", "cir", "mllm"))
     rows: list[Row] = []
     tails: list[tuple[str, str]] = []
 
@@ -519,6 +664,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         dtypes = (None, "float32") if cuda_device(device) else (None,)
         rows += run_check("exact search parity", lambda: search_parity(
             size["n"], size["dim"], size["nq"], size["k"], device, size["repeats"], dtypes), device)
+    if "multigpu" in wanted:
+        rows += run_check("several GPUs", lambda: multi_gpu_checks(device, size), device)
     if "collection" in wanted:
         def collection() -> list[Row]:
             with tempfile.TemporaryDirectory(prefix="mmrank-gpu-check-") as scratch:

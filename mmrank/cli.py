@@ -32,6 +32,16 @@ app = typer.Typer(
 )
 
 DeviceOption = Annotated[str, typer.Option(help="Where models run: auto (a GPU if present), cpu, cuda, cuda:1 ...")]
+GpusOption = Annotated[Optional[str], typer.Option(
+    help="Spread the collection's FAISS indexes over several GPUs: all, a count, or GPU numbers such as 0,2.",
+    show_default="one GPU, or the CPU")]
+MultiGpuOption = Annotated[str, typer.Option(
+    help="With --gpus: shard (each GPU holds a part: for indexes larger than one GPU) or replicate (each "
+         "holds all: more queries per second).")]
+MemoryBudgetOption = Annotated[Optional[str], typer.Option(
+    help="With --index-factory auto: the memory the index may take while searching (4GB, 512MB ...); the index "
+         "type, its code size and whether it is searched from disk follow from it and the number of vectors.",
+    show_default="4GB")]
 MLLMOption = Annotated[Optional[str], typer.Option(
     "--mllm", help="Vision-language model for the pipeline's MLLM rerankers: a Hugging Face id or a local "
                    "model folder (with --mllm-url: the model name the server serves).",
@@ -58,7 +68,8 @@ def index(
         help="Image model: an open_clip model, passed unchanged (a built-in name with "
              "--image-pretrained, hf-hub:org/repo or local-dir:/path), or an encoder name of a registered "
              f"kind ({', '.join(f'{kind}:...' for kind in ENCODERS)}), such as a CNN with GeM pooling, "
-             "gem:<timm backbone>[/gem|gem+|regional-gem|scale-gem|superglobal][;checkpoint=PATH]. "
+             "gem:<timm backbone>/<pooling> with pooling gem, gem+, regional-gem, scale-gem or superglobal, and "
+             "optionally ;checkpoint=PATH. "
              "Loaded only when images need it.",
         show_default="the collection's, else ViT-B-32")] = None,
     image_pretrained: Annotated[Optional[str], typer.Option(
@@ -72,8 +83,11 @@ def index(
         help="Read pages by OCR (Tesseract): auto (pages without a text layer, when Tesseract is installed), "
              "off, or force (every page).")] = "auto",
     index_factory: Annotated[Optional[str], typer.Option(
-        help="FAISS index type: Flat (exact), IVF4096,Flat, HNSW32, IVF4096,PQ64 ...",
+        "--index-factory", "--index",
+        help="FAISS index type: Flat (exact), IVF4096,Flat, HNSW32, IVF4096,PQ64 ..., or auto (chosen from "
+             "the number of vectors and --memory-budget).",
         show_default="Flat, or the collection's")] = None,
+    memory_budget: MemoryBudgetOption = None,
     batch_size: Annotated[int, typer.Option(help="Items encoded per batch (and stored per transaction).")] = 32,
     device: DeviceOption = "auto",
     strict: Annotated[bool, typer.Option(help="Exit with an error if any file or page is skipped.")] = False,
@@ -83,18 +97,28 @@ def index(
         "--no-wait", help="If another mmrank process is writing to the collection, stop at once instead of "
                           "waiting for it.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Read, render and encode on Ray Data (mmrank's ray extra), in a local Ray started for the run "
+                      "unless --ray-address names a cluster; this process still writes the collection.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(
+        help="The Ray cluster for --ray (implies it): auto (the one this machine is part of), ray://HOST:10001 "
+             "(Ray Client) or HOST:PORT. Every node must see PATHS at the same paths.",
+        show_default="a local Ray")] = None,
+    ray_workers: Annotated[Optional[int], typer.Option(
+        help="Encoder actors with --ray (one GPU each on a cluster with GPUs).",
+        show_default="one per GPU, else half the CPUs")] = None,
 ) -> None:
     """Build or update a collection from images and PDFs.
 
     Re-running the same command resumes an interrupted build: unchanged files are skipped, changed
     files replace their items, and files under PATHS that were deleted are removed (unless
     --keep-missing). Bad files and pages are reported and skipped. One process writes to a
-    collection at a time; another waits for it (or stops at once with --no-wait).
+    collection at a time; another waits for it (or stops at once with --no-wait). With --ray,
+    Ray Data reads and encodes the files and this process writes them, with the same results.
     """
     from mmrank.collection import Collection
     from mmrank.documents import check_dpi, check_ocr
-    from mmrank.encoders import load_encoder_by_name, load_image_encoder, load_text_encoder
-    from mmrank.indexing import ItemEncoder, index_paths
+    from mmrank.indexing import EncoderChoice, index_paths
     from mmrank.ingest import require_existing
 
     require_existing(paths)  # options and paths are checked before anything is created
@@ -102,28 +126,27 @@ def index(
     check_ocr(ocr)
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
+    ray = ray or ray_address is not None
+    if ray:
+        from mmrank.ray_indexing import check_workers, index_paths_on_ray, require_ray_data
+
+        require_ray_data()
+        check_workers(ray_workers)
+    elif ray_workers is not None:
+        raise InputError("--ray-workers needs --ray.")
     waiting = {"wait": not no_wait, "on_wait": lambda message: typer.echo(message, err=True)}
-    collection = Collection.open_or_create(out, index_factory=index_factory, device=device, **waiting)
+    collection = Collection.open_or_create(out, index_factory=index_factory, device=device,
+                                           memory_budget=memory_budget, **waiting)
+    choice = EncoderChoice(text_model, image_model, image_pretrained, pages_as_images, dpi, ocr)
     with collection.writing(**waiting):
-        spaces = collection.spaces  # as the lock found them: another run may have bound a space
-        if text_model is None and "text" in spaces:
-            text_encoder = load_encoder_by_name(spaces["text"].encoder, device=device)
+        if not ray:
+            encoder = choice.item_encoder(collection.spaces, device)  # as the lock found them
+            report = index_paths(collection, paths, encoder, batch_size=batch_size, progress=not quiet,
+                                 prune=not keep_missing)
         else:
-            text_encoder = load_text_encoder(text_model, device=device)
-
-        def image_encoder():
-            if image_model is None and "image" in spaces:
-                return load_encoder_by_name(spaces["image"].encoder, device=device, progress=False)
-            tag = {} if image_pretrained is None else {"pretrained": image_pretrained}
-            return load_image_encoder(image_model, device=device, **tag)
-
-        # Pictures of pages without text use the image model when it loads; a model the user asked
-        # for (or images to index) must load, else the run stops.
-        required = image_model is not None or pages_as_images or "image" in spaces
-        encoder = ItemEncoder(text_encoder, image_encoder, pages_as_images=pages_as_images, dpi=dpi, ocr=ocr,
-                              image_required=required)
-        report = index_paths(collection, paths, encoder, batch_size=batch_size, progress=not quiet,
-                             prune=not keep_missing)
+            report = index_paths_on_ray(collection, paths, choice, address=ray_address, workers=ray_workers,
+                                        batch_size=batch_size, device=device, progress=not quiet,
+                                        prune=not keep_missing)
     info = collection.info()
     removed = f"; removed {report.removed_files} that no longer exist" if report.removed_files else ""
     typer.echo(
@@ -159,8 +182,10 @@ def import_vectors(
         help="Column naming each row's image (rows with one become image items).")] = "image_path",
     text_column: Annotated[str, typer.Option(help="Column of each row's text (caption).")] = "caption",
     index_factory: Annotated[Optional[str], typer.Option(
-        help="FAISS index type for a new collection: Flat (exact), IVF4096,Flat, HNSW32 ...",
+        "--index-factory", "--index",
+        help="FAISS index type for a new collection: Flat (exact), IVF4096,Flat, HNSW32 ..., or auto.",
         show_default="Flat, or the collection's")] = None,
+    memory_budget: MemoryBudgetOption = None,
     batch_size: Annotated[int, typer.Option(help="Rows read and stored per transaction.")] = 8192,
     strict: Annotated[bool, typer.Option(help="Exit with an error if any file or row is skipped.")] = False,
     no_wait: Annotated[bool, typer.Option(
@@ -185,7 +210,8 @@ def import_vectors(
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
     waiting = {"wait": not no_wait, "on_wait": lambda message: typer.echo(message, err=True)}
-    with Collection.open_or_create(out, index_factory=index_factory, **waiting) as collection:
+    with Collection.open_or_create(out, index_factory=index_factory, memory_budget=memory_budget,
+                                   **waiting) as collection:
         report = import_embeddings(collection, source, encoder=encoder, space=space, layout=layout,
                                    embedding_column=embedding_column, id_column=id_column,
                                    source_column=source_column, text_column=text_column, batch_size=batch_size,
@@ -223,6 +249,8 @@ def search(
     mllm_url: MLLMUrlOption = None,
     trust_remote_code: TrustOption = False,
     device: DeviceOption = "auto",
+    gpus: GpusOption = None,
+    multi_gpu: MultiGpuOption = "shard",
 ) -> None:
     """Search a collection with text, an image, or both.
 
@@ -245,7 +273,7 @@ def search(
     else:  # a composed query: the reference itself, when the collection holds it, is no answer
         query = Query(image=image, modification=text, excluded={str(image.resolve())})
     _check_output(report, "--report")
-    collection = Collection.open(collection_path, device=device)
+    collection = Collection.open(collection_path, device=device, gpus=gpus, multi_gpu=multi_gpu)
     runner = _pipeline(pipeline, collection, mllm, mllm_url, trust_remote_code)
     ranking = runner.search(query, k)
     if as_json:
@@ -505,6 +533,8 @@ def serve(
     mllm_url: MLLMUrlOption = None,
     trust_remote_code: TrustOption = False,
     device: DeviceOption = "auto",
+    gpus: GpusOption = None,
+    multi_gpu: MultiGpuOption = "shard",
 ) -> None:
     """Serve collections over HTTP with a search page at / and the API at /search (docs at /docs),
     the models loaded once; searches that arrive together are run together."""
@@ -517,7 +547,7 @@ def serve(
                          "token) or --no-auth to allow anyone who can reach this port.")
     served = []
     for path in collection_paths:
-        collection = Collection.open(path, device=device)
+        collection = Collection.open(path, device=device, gpus=gpus, multi_gpu=multi_gpu)
         runners = [_pipeline(name, collection, mllm, mllm_url, trust_remote_code) for name in (pipeline or [None])]
         served.append(Served(path.expanduser().absolute().name, collection,
                              {runner.name if name else "default": runner for name, runner in

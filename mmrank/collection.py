@@ -28,6 +28,7 @@ from mmrank.columns import ItemTable, RowHits
 from mmrank.encoders.bound import BoundEncoders
 from mmrank.errors import CollectionError, InputError, listing
 from mmrank.faiss_tools import check_factory
+from mmrank.index_plan import AUTO, IndexPlan, parse_size
 from mmrank.index_set import Hits, IndexSet
 from mmrank.item_store import DATABASE, FileEntry, ItemStore, VectorBatch
 from mmrank.locking import LOCK_FILE, WriterLock
@@ -50,20 +51,24 @@ class Collection:
     (:meth:`writing` holds it across many writes, as an index run does); searches never wait for it.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, store: ItemStore, device: str = "auto") -> None:
+    def __init__(self, path: Path, manifest: Manifest, store: ItemStore, device: str = "auto", *,
+                 gpus: str | int | Sequence[int] | None = None, multi_gpu: str = "shard") -> None:
         self.path = path
         self.manifest = manifest
         self.store = store
         self.lock = WriterLock(path)
-        self.indexes = IndexSet(path, store, manifest, device, self.lock)
+        self.indexes = IndexSet(path, store, manifest, device, self.lock, gpus=gpus, multi_gpu=multi_gpu)
         self.encoders = BoundEncoders(manifest, device)
 
     # ----------------------------------------------------------------- opening and creating
     @classmethod
-    def create(cls, path: str | Path, *, index_factory: str = "Flat", device: str = "auto") -> Collection:
-        """Make a new, empty collection in ``path`` (which must not exist, or be an empty folder)."""
+    def create(cls, path: str | Path, *, index_factory: str = "Flat", device: str = "auto",
+               memory_budget: int | str | None = None) -> Collection:
+        """Make a new, empty collection in ``path`` (which must not exist, or be an empty folder).
+        ``index_factory`` is a FAISS factory string, or ``auto`` to choose one from the number of
+        vectors and ``memory_budget`` (e.g. ``"4GB"``; see :mod:`mmrank.index_plan`)."""
         path = Path(path)
-        check_factory(index_factory)
+        budget = _checked_index(index_factory, memory_budget)
         if (path / MANIFEST).exists():
             raise CollectionError(f"{path}: already a collection; open it instead of creating it.")
         if path.exists() and (not path.is_dir() or any(p.name != LOCK_FILE for p in path.iterdir())):
@@ -74,11 +79,17 @@ class Collection:
         path.mkdir(parents=True, exist_ok=True)
         with WriterLock(path).hold():
             store = ItemStore.create(path / DATABASE, name=path)
-            return cls(path, Manifest.create(path, index_factory), store, device)
+            manifest = Manifest.create(path, index_factory)
+            if budget is not None:
+                manifest.set_index_factory(index_factory, budget)
+            return cls(path, manifest, store, device)
 
     @classmethod
-    def open(cls, path: str | Path, *, device: str = "auto") -> Collection:
-        """Open an existing collection; a clear CollectionError if ``path`` is not one."""
+    def open(cls, path: str | Path, *, device: str = "auto", gpus: str | int | Sequence[int] | None = None,
+             multi_gpu: str = "shard") -> Collection:
+        """Open an existing collection; a clear CollectionError if ``path`` is not one. Its FAISS
+        indexes run on ``device``; ``gpus`` (``"all"``, a count or GPU numbers) spreads them over
+        several GPUs, sharded or replicated (``multi_gpu``; see :class:`~mmrank.index.VectorIndex`)."""
         path = Path(path)
         if not path.exists():
             raise CollectionError(f"{path}: no such collection (the folder does not exist).")
@@ -87,17 +98,19 @@ class Collection:
         manifest = Manifest.read(path)
         if not (path / DATABASE).is_file():
             raise CollectionError(f"{path}: the collection's database {DATABASE} is missing.")
-        return cls(path, manifest, ItemStore(path / DATABASE, name=path), device)
+        return cls(path, manifest, ItemStore(path / DATABASE, name=path), device, gpus=gpus, multi_gpu=multi_gpu)
 
     @classmethod
     def open_or_create(cls, path: str | Path, *, index_factory: str | None = None, device: str = "auto",
-                       wait: bool = True, on_wait: Callable[[str], None] | None = None) -> Collection:
+                       wait: bool = True, on_wait: Callable[[str], None] | None = None,
+                       memory_budget: int | str | None = None) -> Collection:
         """Open ``path`` if it holds a collection, else create one there. A new collection is made
         under the writer lock (``wait`` and ``on_wait`` as in :meth:`writing`), so two processes
-        starting at once make one collection between them."""
+        starting at once make one collection between them. ``index_factory`` and ``memory_budget``
+        (as in :meth:`create`) change an existing collection's index when they differ."""
         path = Path(path)
-        if index_factory:
-            check_factory(index_factory)
+        if index_factory or memory_budget is not None:
+            _checked_index(index_factory or AUTO, memory_budget)
         if not (path / MANIFEST).exists():
             if path.exists() and not path.is_dir():
                 raise CollectionError(f"{path}: exists and is not an mmrank collection; choose a new or "
@@ -105,10 +118,13 @@ class Collection:
             path.mkdir(parents=True, exist_ok=True)
             with WriterLock(path).hold(wait=wait, on_wait=on_wait):  # another process may be creating it
                 if not (path / MANIFEST).exists():
-                    return cls.create(path, index_factory=index_factory or "Flat", device=device)
+                    return cls.create(path, index_factory=index_factory or "Flat", device=device,
+                                      memory_budget=memory_budget)
         collection = cls.open(path, device=device)
-        if index_factory and index_factory != collection.index_factory:
-            collection.set_index_factory(index_factory)
+        factory = index_factory or collection.index_factory
+        budget = None if memory_budget is None else parse_size(memory_budget)
+        if factory != collection.index_factory or (budget is not None and budget != collection.manifest.memory_budget):
+            collection.set_index_factory(factory, memory_budget=budget)
         return collection
 
     @contextmanager
@@ -171,6 +187,8 @@ class Collection:
                 for name, space in self.spaces.items()
             },
             "index": self.index_factory,
+            **({"index_plans": {space: plan.describe() for space, plan in self.index_plans().items()},
+                "memory_budget": self.manifest.memory_budget} if self.index_factory == AUTO else {}),
         }
 
     # ----------------------------------------------------------------- encoders
@@ -296,13 +314,18 @@ class Collection:
         return self.indexes.search_bm25(texts, k, among=among)
 
     # ----------------------------------------------------------------- indexes
-    def set_index_factory(self, factory: str) -> None:
-        """Change the FAISS index type (checked first: a factory FAISS cannot build changes nothing);
-        indexes are rebuilt from the stored vectors."""
-        check_factory(factory, [space.dim for space in self.spaces.values()])
+    def set_index_factory(self, factory: str, *, memory_budget: int | str | None = None) -> None:
+        """Change the FAISS index type (checked first: a factory FAISS cannot build changes nothing),
+        or choose ``auto`` with a ``memory_budget``; indexes are rebuilt from the stored vectors."""
+        budget = _checked_index(factory, memory_budget, [space.dim for space in self.spaces.values()])
         with self.writing():
-            self.manifest.set_index_factory(factory)
+            self.manifest.set_index_factory(factory, budget)
             self.indexes.forget()
+
+    def index_plans(self) -> dict[str, IndexPlan]:
+        """What ``auto`` chooses for each vector space at its current size (empty for a fixed factory)."""
+        plans = {space: self.indexes.plan(space) for space in self.spaces}
+        return {space: plan for space, plan in plans.items() if plan is not None}
 
     def build_indexes(self, *, repair: bool = True) -> list[str]:
         """Bring every index up to date with the database and publish them atomically; with
@@ -340,3 +363,15 @@ class Collection:
                                  f"(items {listing([ids[row] for row in rows])}).")
             checked[space] = (ids, matrix)
         return checked
+
+
+def _checked_index(factory: str, memory_budget: int | str | None, dims: Iterable[int] = ()) -> int | None:
+    """InputError unless ``factory`` is ``auto`` or a factory FAISS can build (for ``dims``), and a
+    memory budget comes only with ``auto``; the budget in bytes."""
+    if factory != AUTO:
+        check_factory(factory, dims)
+        if memory_budget is not None:
+            raise InputError(f"A memory budget applies to --index-factory auto, not to {factory!r}: "
+                             "drop the budget, or use auto.")
+        return None
+    return None if memory_budget is None else parse_size(memory_budget)

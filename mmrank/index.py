@@ -11,11 +11,14 @@ On disk a saved index is a folder::
       index.json                 manifest: format + version, dim, factory, nprobe, ef_search,
                                  the FAISS file's name and SHA-256, and the string id of every label
       index-<16 hex>.faiss       the index in FAISS's own format (faiss.write_index), always a CPU index
+      vectors-<16 hex>.f32       for an index that re-scores its candidates (``refine``): the float32
+                                 vector of every label, read by row (:mod:`mmrank.raw_vectors`)
 
 The FAISS file is named after its content, so a save never changes the file the current manifest
 points to; replacing ``index.json`` is the single atomic step that switches to the new state, after
 which the old FAISS file is deleted. Loading checks the checksum and that the file's vector count
-and labels agree with the manifest.
+and labels agree with the manifest; an index searched from disk (``on_disk``) and the vectors file
+are checked by size only (hashing gigabytes on every load would cost more than the search).
 
 Labels are sequential int64 numbers, never reused.
 """
@@ -32,15 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from mmrank import faiss_tools
+from mmrank import faiss_shards, faiss_tools
 from mmrank.errors import CollectionError, InputError, MMRankError, listing
 from mmrank.files import fsync_dir, fsync_file, sha256_file, temporary_path, write_json_atomic
+from mmrank.raw_vectors import RawVectors, rescore
 from mmrank.torch_search import TorchExactSearch
 
 FORMAT_NAME = "mmrank.vector_index"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "index.json"
 _INDEX_FILE = re.compile(r"index-[0-9a-f]{16}\.faiss")
+_VECTORS_FILE = re.compile(r"vectors-[0-9a-f]{16}\.f32")
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -80,17 +85,27 @@ def as_vectors(vectors: Any, dim: int, what: str, allow_1d: bool = False) -> np.
 
 class Labels:
     """The two-way map between string ids and the int64 labels FAISS stores: label ``n`` is the
-    ``n``-th id ever added; a removed label maps to None and is never reused."""
+    ``n``-th id ever added; a removed label maps to None and is never reused. The map from ids to
+    labels is built only when first needed (adding, removing, membership), so an index loaded to
+    search holds just the array of ids."""
 
     def __init__(self, ids: Sequence[str | None] = ()) -> None:
         # ids_of[label] is the id of a label (None once removed). It keeps a None slot past the last
         # label, so FAISS's "no hit" label -1 maps to None without a special case.
         self.ids_of = np.array([*ids, None], dtype=object)
         self.count = len(ids)
-        self._label_of = {item_id: label for label, item_id in enumerate(ids) if item_id is not None}
+        self._live = self.count - sum(item_id is None for item_id in ids)
+        self._by_id: dict[str, int] | None = None
+
+    @property
+    def _label_of(self) -> dict[str, int]:
+        if self._by_id is None:
+            self._by_id = {item_id: label for label, item_id in enumerate(self.ids_of[: self.count].tolist())
+                           if item_id is not None}
+        return self._by_id
 
     def __len__(self) -> int:
-        return len(self._label_of)
+        return self._live
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._label_of
@@ -103,16 +118,20 @@ class Labels:
             grown[: self.count] = self.ids_of[: self.count]
             self.ids_of = grown
         self.ids_of[labels] = ids
-        self._label_of.update(zip(ids, labels.tolist()))
+        if self._by_id is not None:
+            self._by_id.update(zip(ids, labels.tolist()))
         self.count += len(ids)
+        self._live += len(ids)
         return labels
 
     def release(self, ids: Iterable[str]) -> np.ndarray:
         """The sorted labels of the known ids among ``ids``, which are forgotten."""
-        labels = np.array(sorted({self._label_of[i] for i in ids if i in self._label_of}), dtype=np.int64)
+        label_of = self._label_of
+        labels = np.array(sorted({label_of[i] for i in ids if i in label_of}), dtype=np.int64)
         for item_id in self.ids_of[labels]:
-            del self._label_of[item_id]
+            del label_of[item_id]
         self.ids_of[labels] = None
+        self._live -= len(labels)
         return labels
 
     def to_list(self) -> list[str | None]:
@@ -132,6 +151,19 @@ class VectorIndex:
     ``chunk_size`` (database rows per matmul) and ``query_batch_size`` only apply to the torch backend.
     FAISS GPU indexes return at most 2048 hits per query.
 
+    ``gpus`` spreads the index over several GPUs: ``"all"`` (every visible GPU; on a machine with
+    one or none this changes nothing), a number N (the first N) or a list of GPU numbers (asking
+    for more GPUs than are visible is an error that says so). ``multi_gpu`` says how FAISS uses
+    them: ``"shard"`` (default: each GPU holds 1/n of the vectors, so n GPUs hold n times as much)
+    or ``"replicate"`` (each GPU holds every vector and serves 1/n of the queries: more queries/s).
+    The torch backend always splits the vectors over its GPUs. ``self.gpus`` lists the GPUs in use
+    (none on the CPU). A saved index is always one CPU index, loadable with or without GPUs.
+
+    ``refine`` (for compressed indexes such as IVF-PQ): a search fetches ``refine`` x k candidates
+    and re-scores them exactly from the full-precision vectors, which the index keeps in a file
+    (``vectors_file``, else an anonymous temporary file) and reads only by the rows it re-scores.
+    ``on_disk``: once saved, an IVF index is searched from disk when loaded (see :meth:`load`).
+
     ``faiss_index`` and ``ids`` wrap an existing CPU FAISS index built from ``factory``, whose labels
     are positions in ``ids`` (None for a removed label), as :meth:`load` does.
     """
@@ -139,7 +171,9 @@ class VectorIndex:
     def __init__(self, dim: int, factory: str = "Flat", *, device: str = "auto", nprobe: int | None = None,
                  ef_search: int | None = None, backend: str | None = None, dtype: str | None = None,
                  chunk_size: int = 65536, query_batch_size: int = 1024, faiss_index: Any | None = None,
-                 ids: Sequence[str | None] = ()) -> None:
+                 ids: Sequence[str | None] = (), refine: int | None = None,
+                 vectors_file: str | Path | RawVectors | None = None, on_disk: bool = False,
+                 gpus: str | int | Sequence[int] | None = None, multi_gpu: str = "shard") -> None:
         self.dim = _positive_int(dim, "dim")
         if not isinstance(factory, str) or not factory.strip():
             raise InputError(f"factory must be a FAISS index factory string such as 'Flat'; got {factory!r}.")
@@ -147,32 +181,49 @@ class VectorIndex:
         fresh = faiss_tools.new_index(self.dim, self.factory)
         self._needs_training = not fresh.is_trained
         self._min_training = faiss_tools.min_training_vectors(fresh)
-        self.backend, self.device = faiss_tools.choose_backend(self.factory, device, backend)
+        if multi_gpu not in faiss_shards.MULTI_GPU_MODES:
+            raise InputError(f"multi_gpu must be 'shard' or 'replicate'; got {multi_gpu!r}.")
+        self.multi_gpu = multi_gpu
+        self.backend, self.device, self.gpus = faiss_tools.choose_devices(self.factory, device, backend, gpus)
         cpu_index = fresh if faiss_index is None else faiss_index
         self._labels = Labels(ids)
         if self.backend == "torch":
             self._store: faiss_tools.FaissStore | TorchExactSearch = TorchExactSearch(
-                self.dim, self.device, dtype, chunk_size, query_batch_size)
+                self.dim, self.device, dtype, chunk_size, query_batch_size,
+                devices=[f"cuda:{n}" for n in self.gpus] if len(self.gpus) > 1 else None)
             self._store.add_from(cpu_index)
         else:
-            self._store = self._faiss_store(cpu_index, explicit_gpu=device != "auto")
+            self._store = self._faiss_store(cpu_index, device != "auto" or faiss_tools.asks_for_gpus(gpus))
         self._nprobe: int | None = None
         self._ef_search: int | None = None
         if nprobe is not None:
             self.nprobe = nprobe
         if ef_search is not None:
             self.ef_search = ef_search
+        self.refine = None if refine is None else _positive_int(refine, "refine")
+        self.on_disk = bool(on_disk)
+        self.read_only = False  # an IVF index loaded from disk
+        self._raw: RawVectors | None = None
+        if isinstance(vectors_file, RawVectors):
+            self._raw = vectors_file
+        elif self.refine:
+            if self._labels.count:
+                raise InputError("An index wrapped with its labels needs its vectors file (a RawVectors) "
+                                 "to re-score candidates.")
+            self._raw = RawVectors.create(self.dim, vectors_file)
 
     def _faiss_store(self, cpu_index: Any, explicit_gpu: bool) -> faiss_tools.FaissStore:
         if self.backend == "faiss-gpu":
             try:
-                return faiss_tools.FaissStore(cpu_index, int(self.device.partition(":")[2] or 0))
+                if len(self.gpus) > 1:
+                    return faiss_tools.FaissStore(cpu_index, gpus=self.gpus, multi_gpu=self.multi_gpu)
+                return faiss_tools.FaissStore(cpu_index, self.gpus[0])
             except RuntimeError as exc:  # FAISS has no GPU version of this index type (e.g. HNSW)
                 if explicit_gpu:
                     raise MMRankError(
                         f"FAISS cannot run a {self.factory!r} index on the GPU ({exc}). Use device='cpu'."
                     ) from exc
-                self.backend, self.device = "faiss-cpu", "cpu"
+                self.backend, self.device, self.gpus = "faiss-cpu", "cpu", []
         return faiss_tools.FaissStore(cpu_index)
 
     # ----------------------------------------------------------------------------------- properties
@@ -185,6 +236,11 @@ class VectorIndex:
 
     def __repr__(self) -> str:
         return f"VectorIndex(dim={self.dim}, factory={self.factory!r}, backend={self.backend!r}, size={len(self)})"
+
+    @property
+    def min_training_vectors(self) -> int:
+        """The fewest vectors this index type can be trained on (1 for one that learns nothing)."""
+        return self._min_training
 
     @property
     def is_trained(self) -> bool:
@@ -264,6 +320,7 @@ class VectorIndex:
         if isinstance(ids, (str, bytes)):
             raise InputError("ids must be a list of strings, not a single string.")
         ids = list(ids)
+        self._check_writable()
         vectors = as_vectors(vectors, self.dim, "vectors")
         if len(ids) != len(vectors):
             raise InputError(f"Got {len(ids)} ids for {len(vectors)} vectors; give one id per vector.")
@@ -278,7 +335,16 @@ class VectorIndex:
                     f"has {len(vectors)}. Call train() with a larger sample or add more vectors at once."
                 )
             self._train(vectors)
+        if self._raw is not None:  # row n of the file is label n's vector
+            if not self._raw.writable:  # loaded: the saved file stays as its manifest describes it
+                self._raw = self._raw.writable_copy()
+            self._raw.append(vectors)
         self._store.add(vectors, self._labels.assign(ids))
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise MMRankError(f"This {self.factory!r} index is searched from disk (loaded with on_disk=True), "
+                              "which is read-only: load it with on_disk=False to change it.")
 
     def _check_new_ids(self, ids: list[str]) -> None:
         not_str = [str(i) for i in ids if not isinstance(i, str)]
@@ -297,6 +363,7 @@ class VectorIndex:
         """Remove these ids (unknown ones are ignored) and return how many were removed."""
         if isinstance(ids, (str, bytes)):
             raise InputError("ids must be a list of strings, not a single string.")
+        self._check_writable()
         if not self._store.removable:
             raise MMRankError(
                 f"A {self.factory!r} index cannot remove vectors (FAISS does not support it for this index "
@@ -337,6 +404,10 @@ class VectorIndex:
             return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
         if isinstance(self._store, TorchExactSearch):  # exact: no breadth to set
             scores, labels = self._store.search(queries, found)
+        elif self._raw is not None and self.refine:
+            _, candidates = self._store.search(queries, min(len(self), found * self.refine), nprobe=nprobe,
+                                               ef_search=ef_search)
+            scores, labels = rescore(self._raw, queries, candidates, found)
         else:
             scores, labels = self._store.search(queries, found, nprobe=nprobe, ef_search=ef_search)
         scores[labels < 0] = -np.inf
@@ -356,7 +427,28 @@ class VectorIndex:
         Atomic: the new FAISS file gets a new name, then ``index.json`` is replaced in one rename; a
         failure at any point leaves the previous save readable.
         """
-        _write_saved_index(Path(path), self._store.to_cpu(), self._manifest)
+        if self.read_only:  # its lists live in the file it was loaded from, which a save may replace
+            raise MMRankError("An index searched from disk cannot be saved; load it with on_disk=False "
+                              "to save a copy.")
+        folder = Path(path)
+        vectors_file = None
+        if self._raw is not None:
+            vectors_file = self._saved_vectors(folder)
+        _write_saved_index(folder, self._store.to_cpu(), lambda name, digest: {
+            **self._manifest(name, digest), "vectors_file": vectors_file, "on_disk": self.on_disk})
+
+    def _saved_vectors(self, folder: Path) -> str:
+        """The name of this index's vectors file in ``folder``: the file itself when it already
+        lies there under its final name (an index built in place), else a new copy."""
+        raw = self._raw
+        assert raw is not None
+        if raw.path is not None and raw.path.parent.resolve() == folder.resolve() \
+                and _VECTORS_FILE.fullmatch(raw.path.name):
+            return raw.path.name
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / new_vectors_name()
+        raw.save_to(target)
+        return target.name
 
     def _manifest(self, index_file: str, digest: str) -> dict[str, Any]:
         return {
@@ -367,6 +459,7 @@ class VectorIndex:
             "metric": "inner_product",
             "nprobe": self._nprobe,
             "ef_search": self._ef_search,
+            "refine": self.refine,
             "index_file": index_file,
             "sha256": digest,
             "count": len(self),
@@ -375,12 +468,33 @@ class VectorIndex:
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", backend: str | None = None, dtype: str | None = None,
-             chunk_size: int = 65536, query_batch_size: int = 1024) -> VectorIndex:
-        """Load a folder written by :meth:`save`, onto ``device`` (see the class docstring)."""
-        cpu_index, manifest = _read_saved_index(Path(path))
-        return cls(manifest["dim"], manifest["factory"], device=device, nprobe=manifest["nprobe"],
-                   ef_search=manifest["ef_search"], backend=backend, dtype=dtype, chunk_size=chunk_size,
-                   query_batch_size=query_batch_size, faiss_index=cpu_index, ids=manifest["ids"])
+             chunk_size: int = 65536, query_batch_size: int = 1024, on_disk: bool | None = None,
+             gpus: str | int | Sequence[int] | None = None, multi_gpu: str = "shard") -> VectorIndex:
+        """Load a folder written by :meth:`save`, onto ``device`` (and ``gpus``: see the class docstring).
+
+        ``on_disk`` searches an IVF index from disk: its inverted lists are memory-mapped and only
+        the lists a search probes are read; the index is then read-only (:attr:`read_only`). FAISS
+        maps plain IVF lists (Flat, SQ, 8-bit PQ codes), not fast-scan ones, which load into memory
+        as usual. None: as it was saved."""
+        folder = Path(path)
+        manifest = _read_manifest(folder, folder / MANIFEST_NAME)
+        on_disk = bool(manifest.get("on_disk")) if on_disk is None else on_disk
+        cpu_index, manifest = _read_saved_index(folder, on_disk=on_disk)
+        raw = None
+        if manifest.get("vectors_file"):
+            raw = RawVectors.open(folder / manifest["vectors_file"], manifest["dim"], len(manifest["ids"]))
+        index = cls(manifest["dim"], manifest["factory"], device=device, nprobe=manifest["nprobe"],
+                    ef_search=manifest["ef_search"], backend=backend, dtype=dtype, chunk_size=chunk_size,
+                    query_batch_size=query_batch_size, faiss_index=cpu_index, ids=manifest["ids"],
+                    refine=manifest.get("refine"), vectors_file=raw, on_disk=on_disk, gpus=gpus,
+                    multi_gpu=multi_gpu)
+        index.read_only = faiss_tools.lists_on_disk(cpu_index)
+        return index
+
+
+def new_vectors_name() -> str:
+    """A fresh name for a vectors file (random, so a new file never replaces one in use)."""
+    return f"vectors-{os.urandom(8).hex()}.f32"
 
 
 def _write_saved_index(folder: Path, cpu_index: Any, manifest: Callable[[str, str], dict[str, Any]]) -> None:
@@ -401,7 +515,8 @@ def _write_saved_index(folder: Path, cpu_index: Any, manifest: Callable[[str, st
         digest = sha256_file(temporary)
         index_path = folder / f"index-{digest[:16]}.faiss"
         os.replace(temporary, index_path)
-        write_json_atomic(manifest_path, manifest(index_path.name, digest))
+        manifest_data = manifest(index_path.name, digest)
+        write_json_atomic(manifest_path, manifest_data)
     except BaseException as exc:
         temporary.unlink(missing_ok=True)
         if index_path is not None and index_path.name != previous:
@@ -410,8 +525,9 @@ def _write_saved_index(folder: Path, cpu_index: Any, manifest: Callable[[str, st
             raise
         raise CollectionError(f"Could not save the index to {folder}: {exc}") from exc
     fsync_dir(folder)
+    keep = {index_path.name, manifest_data.get("vectors_file")}
     for stale in folder.iterdir():
-        if _INDEX_FILE.fullmatch(stale.name) and stale.name != index_path.name:
+        if (_INDEX_FILE.fullmatch(stale.name) or _VECTORS_FILE.fullmatch(stale.name)) and stale.name not in keep:
             stale.unlink(missing_ok=True)
 
 
@@ -422,27 +538,30 @@ def verify_saved_index(folder: str | Path) -> None:
     manifest_path = folder / MANIFEST_NAME
     manifest = _read_manifest(folder, manifest_path)
     _checked_index_file(folder, manifest, manifest_path)
+    if manifest.get("vectors_file"):
+        RawVectors.open(folder / manifest["vectors_file"], manifest["dim"], len(manifest["ids"])).close()
 
 
-def _checked_index_file(folder: Path, manifest: dict[str, Any], manifest_path: Path) -> Path:
+def _checked_index_file(folder: Path, manifest: dict[str, Any], manifest_path: Path,
+                        hashed: bool = True) -> Path:
     index_path = folder / manifest["index_file"]
     if not index_path.is_file():
         raise CollectionError(f"The saved index {folder} is incomplete: {index_path} is missing.")
-    if sha256_file(index_path) != manifest["sha256"]:
+    if hashed and sha256_file(index_path) != manifest["sha256"]:
         raise CollectionError(f"{index_path} is corrupted or truncated: its checksum does not match {manifest_path}.")
     return index_path
 
 
-def _read_saved_index(folder: Path) -> tuple[Any, dict[str, Any]]:
+def _read_saved_index(folder: Path, on_disk: bool = False) -> tuple[Any, dict[str, Any]]:
     """The CPU FAISS index and the manifest of a folder written by :meth:`VectorIndex.save`, checked
-    against each other."""
+    against each other (``on_disk``: an IVF index's lists memory-mapped, its checksum not read)."""
     import faiss
 
     manifest_path = folder / MANIFEST_NAME
     manifest = _read_manifest(folder, manifest_path)
-    index_path = _checked_index_file(folder, manifest, manifest_path)
+    index_path = _checked_index_file(folder, manifest, manifest_path, hashed=not on_disk)
     try:
-        cpu_index = faiss.read_index(str(index_path))
+        cpu_index = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP if on_disk else 0)
     except RuntimeError as exc:
         raise CollectionError(f"FAISS cannot read {index_path}: {exc}") from exc
     _check_agreement(cpu_index, manifest, index_path)
@@ -475,9 +594,12 @@ def _manifest_problem(manifest: Any) -> str | None:
         return "index_file is missing or not a plain index-<hash>.faiss name"
     if not isinstance(manifest.get("sha256"), str):
         return "sha256 is missing"
-    for key in ("nprobe", "ef_search"):
+    for key in ("nprobe", "ef_search", "refine"):
         if manifest.get(key) is not None and not isinstance(manifest[key], int):
             return f"{key} is not an integer"
+    vectors_file = manifest.get("vectors_file")
+    if vectors_file is not None and not (isinstance(vectors_file, str) and _VECTORS_FILE.fullmatch(vectors_file)):
+        return "vectors_file is not a plain vectors-<hex>.f32 name"
     ids = manifest.get("ids")
     if not isinstance(ids, list) or not all(i is None or isinstance(i, str) for i in ids):
         return "ids is not a list of strings and nulls"

@@ -19,6 +19,7 @@ import numpy as np
 
 from mmrank.columns import NO_ROW, ItemTable, RowHits, as_hits, empty_hits, first_per_item
 from mmrank.errors import CollectionError, EncoderMismatchError, InputError
+from mmrank.index_plan import AUTO, IndexPlan, plan_index, training_size
 from mmrank.locking import WriterLock
 
 if TYPE_CHECKING:
@@ -69,12 +70,15 @@ def _check_k(k: int) -> None:
 
 class IndexSet:
     """The FAISS and BM25 indexes of the collection in ``folder``, over ``store``'s contents, as
-    ``manifest`` publishes them; FAISS indexes run on ``device``. ``lock`` is the collection's
+    ``manifest`` publishes them; FAISS indexes run on ``device``, spread over ``gpus`` as
+    ``multi_gpu`` says (see :class:`~mmrank.index.VectorIndex`). ``lock`` is the collection's
     writer lock: an index rebuilt while another process holds it stays in memory."""
 
     def __init__(self, folder: Path, store: ItemStore, manifest: Manifest, device: str = "auto",
-                 lock: WriterLock | None = None) -> None:
+                 lock: WriterLock | None = None, *, gpus: str | int | Sequence[int] | None = None,
+                 multi_gpu: str = "shard") -> None:
         self.folder, self.store, self.manifest, self.device = folder, store, manifest, device
+        self.placement: dict[str, Any] = {"device": device, "gpus": gpus, "multi_gpu": multi_gpu}
         self.lock = lock or WriterLock(folder)
         self._vectors: dict[str, VectorIndex] = {}
         self._bm25: BM25Index | None = None
@@ -167,7 +171,7 @@ class IndexSet:
         self._forget_if_stale()
         if space not in self._vectors:
             def load(folder: Path) -> VectorIndex:
-                index = VectorIndex.load(folder, device=self.device)
+                index = VectorIndex.load(folder, **self.placement)
                 if index.nprobe is None and index.ef_search is None:  # saved before mmrank set breadths
                     index.use_default_breadth()
                 return index
@@ -232,8 +236,8 @@ class IndexSet:
         self._vectors, self._bm25, self._part_counts, self._revision = {}, None, {}, revision
         files: dict[str, str] = {}
         for space in self.manifest.spaces:
-            index = self._build_vector_index(space)
             files[space] = f"index/{space}.r{revision}"
+            index = self._build_vector_index(space, self.folder / files[space])
             index.save(self.folder / files[space])
             self._vectors[space] = index
         if self.store.has_text:
@@ -284,28 +288,58 @@ class IndexSet:
             self._part_counts[space] = max(1, self.store.parts_per_item(space))
         return self._part_counts[space]
 
-    def _build_vector_index(self, space: str) -> VectorIndex:
-        """A FAISS index of ``space``'s vectors. Its keys are the item ids, or, when some item owns
-        several vectors, :func:`vector_key` of each item id and part."""
-        from mmrank.index import VectorIndex
+    def _build_vector_index(self, space: str, folder: Path | None = None) -> VectorIndex:
+        """A FAISS index of ``space``'s vectors, read from the database a batch at a time. Its keys
+        are the item ids, or, when some item owns several vectors, :func:`vector_key` of each item
+        id and part. A factory that learns (IVF, PQ) trains first on a random sample
+        (:func:`~mmrank.index_plan.training_size`); ``auto`` picks the factory from the count and
+        the collection's memory budget (:func:`~mmrank.index_plan.plan_index`). ``folder``: where
+        the index will be saved, so that a vectors file it keeps is written there at once."""
+        from mmrank.index import VectorIndex, new_vectors_name
 
-        factory = self.manifest.index_factory
         dim = self.manifest.space(space).dim
-        ids, parts, vectors = self.store.all_vector_parts(space, dim)
-        if self._parts(space) > 1:
-            ids = [vector_key(item_id, part) for item_id, part in zip(ids, parts)]
-        index = VectorIndex(dim, factory, device=self.device)
+        count = self.store.vector_count(space)
+        plan = self.plan(space, count)
+        factory = plan.factory if plan else self.manifest.index_factory
+        refine = plan.refine if plan and plan.refine else None
+        vectors_file = folder / new_vectors_name() if refine and folder is not None else None
+        if vectors_file is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        index = VectorIndex(dim, factory, refine=refine, vectors_file=vectors_file,
+                            on_disk=bool(plan and plan.on_disk), **self.placement)
         index.use_default_breadth()
-        if ids:
-            try:
-                index.add(ids, vectors)
-            except InputError as error:
-                raise CollectionError(
-                    f"{self.folder}: cannot build its '{factory}' index over {len(ids)} {space} "
-                    f"vectors ({error}) The vectors are stored: choose another index type (e.g. "
-                    "--index-factory Flat) and only the index is rebuilt."
-                ) from error
+        several = self._parts(space) > 1
+        try:
+            if count and not index.is_trained:
+                index.train(self._sample(space, dim, count, training_size(count, index.min_training_vectors)))
+            for ids, parts, vectors in self.store.vector_batches(space, dim):
+                index.add([vector_key(i, part) for i, part in zip(ids, parts)] if several else ids, vectors)
+        except InputError as error:
+            raise CollectionError(
+                f"{self.folder}: cannot build its '{factory}' index over {count} {space} "
+                f"vectors ({error}) The vectors are stored: choose another index type (e.g. "
+                "--index-factory Flat, or auto) and only the index is rebuilt."
+            ) from error
         return index
+
+    def plan(self, space: str, count: int | None = None) -> IndexPlan | None:
+        """What ``--index-factory auto`` chooses for ``space`` (None for a fixed factory)."""
+        if self.manifest.index_factory != AUTO:
+            return None
+        if count is None:
+            count = self.store.vector_count(space)
+        return plan_index(count, self.manifest.space(space).dim, self.manifest.memory_budget)
+
+    def _sample(self, space: str, dim: int, count: int, size: int) -> np.ndarray:
+        """``size`` of ``space``'s ``count`` vectors drawn at random (the same draw for the same
+        count), read in one pass over the database."""
+        chosen = np.sort(np.random.default_rng(count).choice(count, size=min(size, count), replace=False))
+        sample, seen = [], 0
+        for _, _, vectors in self.store.vector_batches(space, dim):
+            inside = chosen[(chosen >= seen) & (chosen < seen + len(vectors))] - seen
+            sample.append(vectors[inside])
+            seen += len(vectors)
+        return np.vstack(sample)
 
     def _forget_if_stale(self) -> None:
         revision = self.store.revision

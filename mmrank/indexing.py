@@ -14,9 +14,10 @@ and encoded ``batch_size`` at a time, so memory does not grow with the pages of 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,10 +26,13 @@ from mmrank.documents import DEFAULT_DPI, ocr_available
 from mmrank.encoders.base import ImageEncoder, TextEncoder
 from mmrank.errors import CollectionError, InputError, MissingDependencyError, ModelUnavailableError, listing
 from mmrank.images import item_image
-from mmrank.ingest import Skipped, discover, fingerprint, printable, read_items
+from mmrank.ingest import Fingerprint, Skipped, discover, fingerprint, printable, read_items
 from mmrank.item_store import VectorBatch
 from mmrank.text import PassageSplit
-from mmrank.types import Item
+from mmrank.types import ImageInput, Item
+
+if TYPE_CHECKING:
+    from mmrank.manifest import Space
 
 ImageEncoderSource = Callable[[], ImageEncoder]
 # Errors that concern the whole run, not one file: they stop it.
@@ -79,10 +83,15 @@ class ItemEncoder:
         spaces = []
         if item.has_text and self.text_encoder is not None:
             spaces.append("text")
-        wants_image = item.kind == "image" or (item.kind == "page" and (self.pages_as_images or not item.has_text))
-        if wants_image and self.image_encoder is not None and self.image_problem is None:
+        if wants_picture(item, self.pages_as_images) and self.image_encoder is not None and self.image_problem is None:
             spaces.append("image")
         return spaces
+
+    def ready_for(self, items: Sequence[Item]) -> None:
+        """Load the image model now if ``items`` hold pages without text, or note why it cannot be
+        loaded (:meth:`pictures_of_pages`), so that :meth:`spaces_for` knows about their pictures."""
+        if any(item.kind == "page" and not item.has_text for item in items):
+            self.pictures_of_pages()
 
     def image(self) -> ImageEncoder:
         if callable(self.image_encoder) and not isinstance(self.image_encoder, ImageEncoder):
@@ -104,33 +113,94 @@ class ItemEncoder:
             return False
         return True
 
-    def encode(self, items: Sequence[Item], collection: Collection, *, batch_size: int = 32) -> VectorBatch:
-        """Vectors per space for ``items`` (binding each encoder to the collection first). Pictures
-        are rendered ``batch_size`` at a time and dropped once encoded."""
+    def new_passages(self) -> PassageSplit:
+        """How a new text space splits texts into passages: ``passages``, else the default for the
+        text model's window."""
+        return self.passages or default_passages(getattr(self.text_encoder, "max_tokens", None))
+
+    def wanted(self, items: Sequence[Item]) -> dict[str, list[Item]]:
+        """The items each space encodes (by :meth:`spaces_for`)."""
         wanted: dict[str, list[Item]] = {"text": [], "image": []}
         for item in items:
             for space in self.spaces_for(item):
                 wanted[space].append(item)
+        return wanted
+
+    def encode(self, items: Sequence[Item], collection: Collection, *, batch_size: int = 32) -> VectorBatch:
+        """Vectors per space for ``items`` (binding each encoder to the collection first). Pictures
+        are rendered ``batch_size`` at a time and dropped once encoded."""
+        wanted = self.wanted(items)
         vectors = {}
         if wanted["text"]:
-            split = self.passages or default_passages(getattr(self.text_encoder, "max_tokens", None))
-            space = collection.bind_encoder("text", self.text_encoder.name, self.text_encoder.dim, split)
-            passages = [(item.id, passage) for item in wanted["text"]
-                        for passage in (space.passages.split(item.text) if space.passages else [item.text])]
-            vectors["text"] = ([item_id for item_id, _ in passages],
-                               self.text_encoder.encode_texts([passage for _, passage in passages]))
+            space = collection.bind_encoder("text", self.text_encoder.name, self.text_encoder.dim, self.new_passages())
+            vectors["text"] = self.text_vectors(wanted["text"], space.passages)
         if wanted["image"]:
             encoder = self.image()
             collection.bind_encoder("image", encoder.name, encoder.dim)
-            chunks = [wanted["image"][start:start + batch_size]
-                      for start in range(0, len(wanted["image"]), batch_size)]
-            vectors["image"] = ([i.id for i in wanted["image"]],
-                                np.concatenate([encoder.encode_images([self._image_of(i) for i in chunk])
-                                                for chunk in chunks]))
+            vectors["image"] = self.image_vectors(wanted["image"], batch_size=batch_size)
         return vectors
+
+    def text_vectors(self, items: Sequence[Item], passages: PassageSplit | None) -> tuple[list[str], np.ndarray]:
+        """The text vectors of ``items``: one per passage of each text (split by ``passages``, the
+        collection's text space's split; None: the whole text), with the item id of each row."""
+        split = [(item.id, passage) for item in items
+                 for passage in (passages.split(item.text) if passages else [item.text])]
+        return [item_id for item_id, _ in split], self.text_encoder.encode_texts([passage for _, passage in split])
+
+    def image_vectors(self, items: Sequence[Item], *, batch_size: int = 32,
+                      picture: Callable[[Item], ImageInput] | None = None) -> tuple[list[str], np.ndarray]:
+        """The picture vectors of ``items``, ``batch_size`` pictures at a time; ``picture`` gives an
+        item's picture (by default the image file, or the page rendered at ``dpi``)."""
+        encoder, picture = self.image(), picture or self._image_of
+        chunks = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
+        return [i.id for i in items], np.concatenate([encoder.encode_images([picture(i) for i in chunk])
+                                                      for chunk in chunks])
 
     def _image_of(self, item: Item):
         return item_image(item, self.dpi) if item.kind == "page" else item.source
+
+
+def wants_picture(item: Item, pages_as_images: bool) -> bool:
+    """Whether an image model encodes ``item``'s picture: an image file, or a page without text (or
+    any page, with ``pages_as_images``)."""
+    return item.kind == "image" or (item.kind == "page" and (pages_as_images or not item.has_text))
+
+
+@dataclass(frozen=True)
+class EncoderChoice:
+    """The models of an index run as the user named them (None: the model the collection records
+    for that space, else the default) and how pages are read and pictured. Plain data, so a
+    distributed run (:mod:`mmrank.ray_indexing`) sends it to its workers, which build the same
+    encoders with :meth:`item_encoder`."""
+
+    text_model: str | None = None
+    image_model: str | None = None
+    image_pretrained: str | None = None
+    pages_as_images: bool = False
+    dpi: int = DEFAULT_DPI
+    ocr: str = "auto"
+
+    def item_encoder(self, spaces: Mapping[str, Space], device: str = "auto") -> ItemEncoder:
+        """The encoders for a collection whose vector spaces are ``spaces``: a space's recorded
+        encoder (rebuilt from its name) unless a model is named. The text model loads now, the
+        image model when first needed; pictures of pages without text use it when it loads, but a
+        model the user asked for (or a collection's image space) must load, else the run stops."""
+        from mmrank.encoders import load_encoder_by_name, load_image_encoder, load_text_encoder
+
+        if self.text_model is None and "text" in spaces:
+            text_encoder = load_encoder_by_name(spaces["text"].encoder, device=device)
+        else:
+            text_encoder = load_text_encoder(self.text_model, device=device)
+
+        def image_encoder():
+            if self.image_model is None and "image" in spaces:
+                return load_encoder_by_name(spaces["image"].encoder, device=device, progress=False)
+            tag = {} if self.image_pretrained is None else {"pretrained": self.image_pretrained}
+            return load_image_encoder(self.image_model, device=device, **tag)
+
+        required = self.image_model is not None or self.pages_as_images or "image" in spaces
+        return ItemEncoder(text_encoder, image_encoder, pages_as_images=self.pages_as_images, dpi=self.dpi,
+                           ocr=self.ocr, image_required=required)
 
 
 def default_passages(max_tokens: int | None) -> PassageSplit:
@@ -194,49 +264,103 @@ def index_paths(
     return report
 
 
-def _prepare(path: Path, collection: Collection, encoder: ItemEncoder,
-             report: IndexReport) -> tuple[FileEntry | None, bool]:
-    """Read one file unless it is stored unchanged (a file with left-out pages is read again, in
-    case OCR or an image model is there now); returns (entry or None, whether it replaces)."""
+@dataclass
+class FileRead:
+    """What reading one file gave: its fingerprint and items, and a warning when it was damaged but
+    partly readable; or why it was skipped (``error``); or ``same_content``: its content is the
+    stored version's (only its modification time changed), so it was not read."""
+
+    path: str
+    fingerprint: Fingerprint | None = None
+    items: list[Item] = field(default_factory=list)
+    warning: str | None = None
+    error: str | None = None
+    same_content: bool = False
+
+
+def stored_version(collection: Collection, key: str) -> tuple[bool, Fingerprint | None]:
+    """Whether ``collection`` stores the file ``key``, and the stored fingerprint when the file is
+    kept as it is if unchanged (None for a file with left-out pages: it is read again, in case OCR
+    or an image model is there now)."""
+    stored = collection.file_fingerprint(key)
+    return stored is not None, stored if stored is not None and not collection.store.skipped_pages(key) else None
+
+
+def unchanged_on_disk(path: Path, stored: Fingerprint | None) -> bool:
+    """Whether ``path`` has the ``stored`` size and modification time (then it is not read at all)."""
+    if stored is None:
+        return False
+    stat = path.stat()
+    return (stored.size, stored.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+
+def read_file(path: Path, stored: Fingerprint | None, ocr: str = "auto") -> FileRead:
+    """Fingerprint one file and read its items (``ocr`` as in :func:`mmrank.ingest.read_items`),
+    unless its content is ``stored``'s. A problem with the file is returned as ``error``; only errors
+    that concern the whole run are raised."""
     key = str(path)
     try:
         current = fingerprint(path)
-        stored = collection.file_fingerprint(key)
-        if stored is not None and not collection.store.skipped_pages(key):
-            if (stored.size, stored.mtime_ns) == (current.size, current.mtime_ns):
-                report.unchanged_files += 1
-                return None, False
-            if stored.sha256 == current.sha256:
-                collection.touch_file(key, current)
-                report.unchanged_files += 1
-                return None, False
-        items, warning = read_items(path, ocr=encoder.ocr)
+        if stored is not None and stored.sha256 == current.sha256:
+            return FileRead(key, current, same_content=True)
+        items, warning = read_items(path, ocr=ocr)
     except RUN_ERRORS:
         raise
     except Exception as error:  # anything about this one file: skip it, keep going
-        report.skipped.append(Skipped(printable(key), _reason(error, key)))
+        return FileRead(key, error=reason_for(error, key))
+    return FileRead(key, current, items, warning)
+
+
+def _prepare(path: Path, collection: Collection, encoder: ItemEncoder,
+             report: IndexReport) -> tuple[FileEntry | None, bool]:
+    """Read one file unless it is stored unchanged (see :func:`stored_version`); returns (entry or
+    None, whether it replaces)."""
+    key = str(path)
+    try:
+        known, stored = stored_version(collection, key)
+        if unchanged_on_disk(path, stored):
+            report.unchanged_files += 1
+            return None, False
+        read = read_file(path, stored, encoder.ocr)
+        if read.same_content:
+            collection.touch_file(key, read.fingerprint)
+            report.unchanged_files += 1
+            return None, False
+    except RUN_ERRORS:
+        raise
+    except Exception as error:  # anything about this one file: skip it, keep going
+        report.skipped.append(Skipped(printable(key), reason_for(error, key)))
         return None, False
-    if warning:
-        report.warnings.append(Skipped(key, warning))
-    if any(item.kind == "page" and not item.has_text for item in items):
-        encoder.pictures_of_pages()  # loads the image model now, or notes why it cannot be
-    kept = [item for item in items if encoder.spaces_for(item)]
-    left_out = [item.page for item in items if not encoder.spaces_for(item)]
-    reason = _left_out_reason(encoder)
-    if left_out:
-        report.warnings.append(Skipped(key, f"{_pages(left_out)} left out: {reason}"))
-        report.skipped_pages += len(left_out)
-    if not items:
+    if read.error is not None:
+        report.skipped.append(Skipped(printable(key), read.error))
         return None, False
-    return (FileEntry(path=key, items=kept, fingerprint=current, skipped_pages=[(page, reason) for page in left_out]),
-            stored is not None)
+    if read.warning:
+        report.warnings.append(Skipped(key, read.warning))
+    encoder.ready_for(read.items)
+    reason = left_out_reason(encoder)
+    left_out = [(item.page, reason) for item in read.items if not encoder.spaces_for(item)]
+    note_left_out(key, left_out, report)
+    if not read.items:
+        return None, False
+    kept = [item for item in read.items if encoder.spaces_for(item)]
+    return FileEntry(path=key, items=kept, fingerprint=read.fingerprint, skipped_pages=left_out), known
+
+
+def note_left_out(key: str, left_out: Sequence[tuple[int, str]], report: IndexReport) -> None:
+    """Count a file's pages left out as (page, reason), with a warning per reason."""
+    pages: dict[str, list[int]] = {}
+    for page, reason in left_out:
+        pages.setdefault(reason, []).append(page)
+    for reason, numbers in pages.items():
+        report.warnings.append(Skipped(key, f"{_pages(numbers)} left out: {reason}"))
+    report.skipped_pages += len(left_out)
 
 
 def _pages(numbers: list[int]) -> str:
     return f"page {numbers[0]}" if len(numbers) == 1 else f"pages {listing(numbers, 12, quote=False)}"
 
 
-def _left_out_reason(encoder: ItemEncoder) -> str:
+def left_out_reason(encoder: ItemEncoder) -> str:
     """Why a page without text got no vector: how OCR went, and why its picture was not encoded."""
     if encoder.ocr == "off":
         ocr = "no text layer (OCR is off: --ocr auto reads such pages when Tesseract is installed)"
@@ -265,22 +389,38 @@ def _encode_isolated(entries: list[FileEntry], encoder: ItemEncoder, collection:
         pass
     kept_entries, parts = [], []
     for entry in entries:
-        kept = []
-        for item in entry.items:
-            try:
-                parts.append(encoder.encode([item], collection, batch_size=batch_size))
-                kept.append(item)
-            except RUN_ERRORS:
-                raise
-            except Exception as error:
-                where = f"{entry.path} (page {item.page})" if item.kind == "page" else entry.path
-                report.skipped.append(Skipped(printable(where), _reason(error, entry.path)))
+        kept, vectors, skipped = encode_one_by_one(
+            entry.items, lambda some: encoder.encode(some, collection, batch_size=batch_size))
+        parts.extend(vectors)
+        report.skipped.extend(skipped)
         if kept:
-            kept_entries.append(FileEntry(path=entry.path, items=kept, fingerprint=entry.fingerprint))
-    return kept_entries, _merged(parts)
+            kept_entries.append(replace(entry, items=kept))
+    return kept_entries, merged(parts)
 
 
-def _merged(parts: list[VectorBatch]) -> VectorBatch:
+def encode_one_by_one(items: Sequence[Item], encode: Callable[[list[Item]], VectorBatch]
+                      ) -> tuple[list[Item], list[VectorBatch], list[Skipped]]:
+    """``items`` encoded one at a time by ``encode`` (after encoding them together failed), so one
+    that cannot be rendered or encoded is skipped alone: the items that encoded, their vectors, and
+    what was skipped. Errors that concern the whole run are raised."""
+    kept, parts, skipped = [], [], []
+    for item in items:
+        try:
+            parts.append(encode([item]))
+            kept.append(item)
+        except RUN_ERRORS:
+            raise
+        except Exception as error:
+            skipped.append(skipped_item(item, reason_for(error, item.source)))
+    return kept, parts, skipped
+
+
+def skipped_item(item: Item, reason: str) -> Skipped:
+    """An image, or a page of a PDF (``<path> (page N)``), skipped for ``reason``."""
+    return Skipped(printable(f"{item.source} (page {item.page})" if item.kind == "page" else item.source), reason)
+
+
+def merged(parts: list[VectorBatch]) -> VectorBatch:
     """Vector batches of the same spaces joined into one."""
     merged: dict[str, tuple[list[str], list[np.ndarray]]] = {}
     for part in parts:
@@ -291,7 +431,7 @@ def _merged(parts: list[VectorBatch]) -> VectorBatch:
     return {space: (ids, np.concatenate(matrices)) for space, (ids, matrices) in merged.items()}
 
 
-def _reason(error: Exception, path: str) -> str:
+def reason_for(error: Exception, path: str) -> str:
     """Why a file or page was skipped: the error's message without the path it starts with, and the
     error's type when it is not one of mmrank's own (which already say what is wrong)."""
     message = str(error).removeprefix(f"{path}: ") or type(error).__name__

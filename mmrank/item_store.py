@@ -326,19 +326,32 @@ class ItemStore:
 
     def all_vectors(self, space: str, dim: int) -> tuple[list[str], np.ndarray]:
         """Every vector of ``space`` with its item id, in insertion order (an item with several
-        vectors appears once per vector, its parts in order)."""
-        ids, _, matrix = self.all_vector_parts(space, dim)
-        return ids, matrix
+        vectors appears once per vector, its parts in order). All in memory: to go through a large
+        space, use :meth:`vector_batches`."""
+        ids, matrices = [], []
+        for batch_ids, _, matrix in self.vector_batches(space, dim):
+            ids.extend(batch_ids)
+            matrices.append(matrix)
+        return ids, np.vstack(matrices) if matrices else np.zeros((0, dim), dtype=np.float32)
 
-    def all_vector_parts(self, space: str, dim: int) -> tuple[list[str], list[int], np.ndarray]:
-        """:meth:`all_vectors` with the part number of each row."""
-        rows = self._db.execute("SELECT item_id, part, vector FROM vectors WHERE space = ? ORDER BY rowid", (space,))
-        ids, parts, blobs = [], [], []
-        for item_id, part, blob in rows:
-            ids.append(item_id)
-            parts.append(part)
-            blobs.append(blob)
-        return ids, parts, _matrix(blobs, dim, writable=False)
+    def vector_batches(self, space: str, dim: int, batch: int = 65536,
+                       ) -> Iterator[tuple[list[str], list[int], np.ndarray]]:
+        """Every vector of ``space`` in insertion order, ``batch`` rows at a time: (item ids, part
+        numbers, float32 matrix) per batch. Each batch is its own query, so memory holds one batch
+        however large the space is."""
+        after = 0
+        while True:
+            rows = self._db.execute(
+                "SELECT rowid, item_id, part, vector FROM vectors WHERE space = ? AND rowid > ? ORDER BY rowid "
+                "LIMIT ?", (space, after, batch)).fetchall()
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield [row[1] for row in rows], [row[2] for row in rows], _matrix([row[3] for row in rows], dim, writable=False)
+
+    def vector_count(self, space: str) -> int:
+        """How many vectors ``space`` holds."""
+        return self._db.execute("SELECT COUNT(*) FROM vectors WHERE space = ?", (space,)).fetchone()[0]
 
     def parts_per_item(self, space: str) -> int:
         """The most vectors one item owns in ``space`` (0 for an empty space)."""

@@ -16,6 +16,7 @@ from mmrank.text import PassageSplit
 FORMAT = "mmrank.collection"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes an index chosen by ``auto`` may occupy
 
 
 @dataclass(frozen=True)
@@ -130,9 +131,17 @@ class Manifest:
         :class:`mmrank.lexical.BM25Settings`)."""
         return dict(self.data["index"].get("bm25") or {})
 
-    def set_index_factory(self, factory: str) -> None:
-        """Change the FAISS index type; the published indexes no longer count."""
+    @property
+    def memory_budget(self) -> int:
+        """Bytes an ``auto`` index may occupy while searching (see :mod:`mmrank.index_plan`)."""
+        return int(self.data["index"].get("memory_budget") or DEFAULT_MEMORY_BUDGET)
+
+    def set_index_factory(self, factory: str, memory_budget: int | None = None) -> None:
+        """Change the FAISS index type (and for ``auto``, its memory budget in bytes); the published
+        indexes no longer count."""
         self.data["index"].update(factory=factory, revision=-1)
+        if memory_budget is not None:
+            self.data["index"]["memory_budget"] = memory_budget
         self.write()
 
     def publish(self, files: dict[str, str], revision: int, counts: dict[str, Any]) -> None:

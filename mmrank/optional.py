@@ -2,8 +2,8 @@
 
 The core (collections, encoders, FAISS and BM25 search, PDFs, evaluation) needs only the required
 dependencies. Running a Qwen-VL model locally needs the ``mllm`` extra (qwen-vl-utils, which also
-pulls in PyAV); talking to a vLLM / SGLang server needs the ``openai`` extra. A missing one raises
-one error that names the extra.
+pulls in PyAV); talking to a vLLM / SGLang server needs the ``openai`` extra; indexing on Ray Data
+(``mmrank index --ray``) needs the ``ray`` extra. A missing one raises one error that names the extra.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from mmrank.errors import MissingDependencyError
 EXTRAS: dict[str, tuple[str, str]] = {
     "qwen_vl_utils": ("qwen-vl-utils", "mllm"),
     "openai": ("openai", "openai"),
+    "ray": ("ray", "ray"),
+    "ray.data": ("ray", "ray"),
 }
 
 

@@ -259,3 +259,54 @@ def test_an_ivf_collection_searches_wide_enough_by_default_and_per_search(tmp_pa
     assert HybridRetriever(paths=["text"], nprobe=64).nprobe == 64
     with pytest.raises(InputError, match="nprobe must be at least 1"):
         HybridRetriever(nprobe=0)
+
+
+def test_an_auto_collection_chooses_its_index_from_its_size_and_budget(tmp_path):
+    from tests.vectors import clustered
+
+    data = clustered(400, DIM * 2, clusters=8, seed=5)
+    ids = [f"v{i}" for i in range(len(data))]
+    with Collection.create(tmp_path / "c", index_factory="auto", memory_budget="1MB") as collection:
+        collection.bind_encoder("text", "test:encoder", DIM * 2)
+        collection.add([Item(id=i, kind="text", text=i) for i in ids], {"text": (ids, data)})
+        assert collection.index_plans()["text"].factory == "Flat"  # 400 x 16 x 4 bytes fit in 1 MB
+        # 5 KB: 8 lists (512 bytes) leave 3.5 bytes a vector: 4-bit PQ with 4 codes, re-scored exactly.
+        collection.set_index_factory("auto", memory_budget="5KB")
+        collection.build_indexes()
+        info = collection.info()
+        assert (info["index"], info["memory_budget"]) == ("auto", 5 << 10)
+        assert info["index_plans"]["text"].startswith("IVF8,PQ4x4fs")
+    with Collection.open(tmp_path / "c") as collection:
+        index = collection.indexes.vector_index("text")
+        assert (index.factory, index.refine, index.read_only) == ("IVF8,PQ4x4fs", 10, False)
+        hits = collection.search_vectors("text", data[:50], 10)
+        assert [h[0][0] for h in hits] == ids[:50]  # each vector finds itself first: its exact score is 1
+        np.testing.assert_allclose([h[0][1] for h in hits], 1.0, rtol=1e-5)
+        # 2 KB fits no code at all: 8-bit PQ whose lists are searched from disk.
+        collection.set_index_factory("auto", memory_budget="2KB")
+        collection.build_indexes()
+    with Collection.open(tmp_path / "c") as collection:
+        index = collection.indexes.vector_index("text")
+        assert (index.factory, index.read_only) == ("IVF8,PQ2", True)
+        assert [h[0][0] for h in collection.search_vectors("text", data[:50], 10)] == ids[:50]
+
+
+def test_a_memory_budget_needs_the_auto_index(tmp_path):
+    with pytest.raises(InputError, match="memory budget applies to --index-factory auto, not to 'Flat'"):
+        Collection.create(tmp_path / "c", index_factory="Flat", memory_budget="1GB")
+    with pytest.raises(InputError, match="looks like 4GB"):
+        Collection.create(tmp_path / "c", index_factory="auto", memory_budget="lots")
+    assert not (tmp_path / "c").exists()
+
+
+def test_gpus_for_a_collection_on_a_machine_without_them_say_so(filled):
+    from mmrank.errors import MMRankError
+
+    collection, vectors = filled
+    collection.build_indexes()
+    expected = [hit[0] for hit in collection.search_vectors("text", vectors[:1], 3)[0]]
+    with Collection.open(collection.path, gpus=2) as on_gpus:
+        with pytest.raises(MMRankError, match="no GPU path is available"):
+            on_gpus.search_vectors("text", vectors[:1], 3)
+    with Collection.open(collection.path, gpus="all") as everywhere:  # all of none: the CPU
+        assert [hit[0] for hit in everywhere.search_vectors("text", vectors[:1], 3)[0]] == expected

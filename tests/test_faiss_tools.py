@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 import pytest
 
-from mmrank import faiss_tools
+from mmrank import faiss_shards, faiss_tools
 from mmrank.errors import InputError, MMRankError
 from tests import vectors as sample_vectors
 from tests.paths import REPO
@@ -55,7 +55,8 @@ def no_gpu_message(device: str, why: str) -> str:
 
 def test_import_loads_neither_faiss_nor_torch():
     result = run_python(
-        "import sys, mmrank.faiss_tools, mmrank.torch_search; print(sorted({'faiss', 'torch'} & set(sys.modules)))"
+        "import sys, mmrank.faiss_tools, mmrank.faiss_shards, mmrank.torch_search; "
+        "print(sorted({'faiss', 'torch'} & set(sys.modules)))"
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -549,3 +550,168 @@ def test_a_search_can_widen_an_ivf_index_without_changing_it():
     exact, _ = sample_vectors.exact_top_k(data, data[:20], 10)
     _, labels = store.search(data[:20], 10, nprobe=32)
     assert np.array_equal(labels, exact) and index.nprobe == 1
+
+
+# ------------------------------------------------------------------------------- several GPUs
+#
+# FaissStore over several GPUs runs here with the GPUs replaced by CPU copies
+# (faiss_shards.HostPlacement): everything but the copy to a GPU. The sharding helpers themselves
+# are tested in test_faiss_shards.py. Small-integer vectors make every inner product exact (so
+# results cannot depend on how a matrix product is blocked) and make many scores equal (so tie
+# handling is exercised on every query).
+
+
+def integer_vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+    return sample_vectors.integers(n, dim, seed)
+
+
+assert_same_hits = sample_vectors.assert_same_hits
+
+
+trained_index = sample_vectors.trained_index
+
+
+def host_store(factory: str, mode: str, parts: int = 2) -> faiss_tools.FaissStore:
+    return faiss_tools.FaissStore(faiss_tools.new_index(8, factory), multi_gpu=mode,
+                                  placement=faiss_shards.HostPlacement(parts))
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat"])  # IVF-PQ: as IVF-Flat, with a slow training
+@pytest.mark.parametrize("mode", faiss_shards.MULTI_GPU_MODES)
+def test_multi_device_store_trains_adds_removes_and_searches_like_one_index(factory, mode):
+    data, labels = integer_vectors(900), scattered_labels(900)
+    queries = integer_vectors(25, seed=5)
+    one = faiss_tools.FaissStore(trained_index(factory))
+    several = host_store(factory, mode)
+    assert several.devices == 2 and one.devices == 0
+    for store in (one, several):
+        if not store.is_trained:
+            store.train(data)  # the same data as one's: FAISS's training is deterministic
+        for start, stop in ((0, 500), (500, 501), (501, 900)):  # in batches, as VectorIndex adds
+            store.add(data[start:stop], labels[start:stop])
+        if factory != "Flat":
+            store.set_parameter("nprobe", 6)
+    parts = faiss_shards.parts_of(several.index)
+    assert several.is_trained and several.index.ntotal == 900
+    assert [p.ntotal for p in parts] == ([450, 450] if mode == "shard" else [900, 900])
+    if factory != "Flat":  # one training, copied: every part has the same quantizer and nprobe
+        centroids = [faiss.extract_index_ivf(p).quantizer.reconstruct_n(0, 16) for p in parts]
+        assert np.array_equal(centroids[0], centroids[1])
+        assert np.array_equal(centroids[0], faiss.extract_index_ivf(one.index).quantizer.reconstruct_n(0, 16))
+        assert [faiss.extract_index_ivf(p).nprobe for p in parts] == [6, 6]
+    truth = dict(zip(labels.tolist(), data))
+    replicated = mode == "replicate"  # exactly the same; shards filled in batches: ties in any order
+    for k in (3, 40):
+        assert_same_hits(one.search(queries, k), several.search(queries, k), truth, queries, tie_order=replicated)
+
+    gone = labels[1::3]
+    unknown = np.array([-7, 10**9], dtype=np.int64)
+    assert several.remove(np.concatenate([gone, unknown])) == one.remove(gone) == 300
+    assert several.index.ntotal == 600 and sum(p.ntotal for p in faiss_shards.parts_of(several.index)) == (
+        600 if mode == "shard" else 1200)
+    after = several.search(queries, 600)
+    assert not np.isin(after[1], gone).any()
+    assert_same_hits(one.search(queries, 40), several.search(queries, 40), truth, queries, tie_order=replicated)
+
+    cpu = several.to_cpu()  # one CPU index with the same labels: what a save writes
+    assert not isinstance(cpu, (faiss.IndexShards, faiss.IndexReplicas)) and cpu.ntotal == 600
+    if factory == "Flat":
+        assert faiss_tools.id_map_labels(cpu).tolist() == faiss_tools.id_map_labels(one.index).tolist()
+    else:
+        assert sorted(faiss_shards.ivf_labels(cpu).tolist()) == sorted(faiss_shards.ivf_labels(one.index).tolist())
+    back = faiss_tools.FaissStore(cpu)
+    assert_same_hits(one.search(queries, 40), back.search(queries, 40), truth, queries, tie_order=replicated)
+
+
+def test_multi_device_flat_store_writes_the_bytes_one_index_writes():
+    data, labels = integer_vectors(300), np.arange(300, dtype=np.int64)
+    one, several = faiss_tools.FaissStore(faiss_tools.new_index(8, "Flat")), host_store("Flat", "shard", 3)
+    for store in (one, several):
+        store.add(data[:100], labels[:100])
+        store.add(data[100:], labels[100:])
+        store.remove(labels[::5])
+    assert faiss.serialize_index(several.to_cpu()).tobytes() == faiss.serialize_index(one.to_cpu()).tobytes()
+
+
+def test_multi_device_store_parameters():
+    flat = host_store("Flat", "shard")
+    with pytest.raises(RuntimeError, match="nprobe"):  # reaches the parts, which refuse it
+        flat.set_parameter("nprobe", 4)
+    with pytest.raises(InputError, match="multi_gpu"):
+        faiss_tools.FaissStore(faiss_tools.new_index(8, "Flat"), multi_gpu="mirror")
+    with pytest.raises(InputError, match="not both"):
+        faiss_tools.FaissStore(faiss_tools.new_index(8, "Flat"), 0, gpus=[0, 1])
+    with pytest.raises(RuntimeError, match="replicate"):
+        host_store("HNSW8", "shard")
+    hnsw = host_store("HNSW8", "replicate")  # replicas need no split
+    data = integer_vectors(100)
+    hnsw.add(data, np.arange(100))
+    assert hnsw.index.ntotal == 100 and not hnsw.removable
+    hnsw.set_parameter("efSearch", 32)
+    assert [faiss.downcast_index(p.index).hnsw.efSearch for p in faiss_shards.parts_of(hnsw.index)] == [32, 32]
+
+
+@pytest.mark.parametrize(("gpus", "visible", "expected"), [
+    (None, 4, []), ("all", 3, [0, 1, 2]), ("all", 0, []), (" ALL ", 1, [0]), (2, 4, [0, 1]),
+    ([3, 1], 4, [3, 1]), ((0,), 1, [0]), ("1,3", 4, [1, 3]), ("2", 2, [0, 1]), (np.int64(1), 1, [0]),
+])
+def test_resolve_gpus(gpus, visible, expected):
+    assert faiss_tools.resolve_gpus(gpus, visible) == expected
+
+
+@pytest.mark.parametrize(("gpus", "visible", "error", "message"), [
+    (3, 2, MMRankError, "gpus=3 asks for 3 GPUs, but only 2 GPUs are visible (numbers 0 to 1). Use gpus='all'"),
+    (2, 1, MMRankError, "only 1 GPU is visible"),
+    (1, 0, MMRankError, "no GPU is visible"),
+    ([0, 2], 2, MMRankError, "names GPU 2, but only 2 GPUs are visible"),
+    ([-1], 2, MMRankError, "names GPU -1"),
+    ([0, 0], 2, InputError, "names a GPU twice"),
+    (0, 2, InputError, "at least 1"),
+    ([], 2, InputError, "gpus must be"),
+    (True, 2, InputError, "gpus must be"),
+    ("some", 2, InputError, "gpus must be 'all'"),
+    ([0.5], 2, InputError, "gpus must be"),
+])
+def test_resolve_gpus_refusals_say_what_to_do(gpus, visible, error, message):
+    with pytest.raises(error) as caught:
+        faiss_tools.resolve_gpus(gpus, visible)
+    assert message in str(caught.value)
+    if error is MMRankError:
+        assert "CUDA_VISIBLE_DEVICES" in str(caught.value)
+
+
+@pytest.mark.parametrize(("factory", "device", "gpus", "faiss_gpus", "torch_gpus", "expected"), [
+    ("Flat", "auto", None, 2, 2, ("faiss-gpu", "cuda", [0])),            # no gpus: one GPU, as before
+    ("Flat", "cuda:1", None, 2, 2, ("faiss-gpu", "cuda:1", [1])),
+    ("Flat", "auto", "all", 2, 2, ("faiss-gpu", "cuda", [0, 1])),
+    ("IVF16,Flat", "cuda", [1, 0], 3, 0, ("faiss-gpu", "cuda", [1, 0])),
+    ("Flat", "auto", "all", 1, 1, ("faiss-gpu", "cuda:0", [0])),         # one GPU: nothing changes
+    ("Flat", "auto", "all", 0, 0, ("faiss-cpu", "cpu", [])),            # no GPU: nothing changes
+    ("Flat", "cpu", "all", 2, 2, ("faiss-cpu", "cpu", [])),
+    ("Flat", "auto", "all", 0, 3, ("torch", "cuda", [0, 1, 2])),        # torch counts its own GPUs
+    ("Flat", "auto", 2, 0, 2, ("torch", "cuda", [0, 1])),
+    ("IVF16,Flat", "auto", "all", 0, 2, ("faiss-cpu", "cpu", [])),      # torch is exact search only
+])
+def test_choose_devices(factory, device, gpus, faiss_gpus, torch_gpus, expected):
+    assert faiss_tools.choose_devices(factory, device, None, gpus, faiss_gpus=faiss_gpus,
+                                      torch_gpus=torch_gpus) == expected
+
+
+def test_choose_devices_refusals():
+    with pytest.raises(MMRankError, match="only 2 GPUs are visible"):
+        faiss_tools.choose_devices("Flat", "auto", None, 3, faiss_gpus=2, torch_gpus=2)
+    with pytest.raises(MMRankError, match="no GPU support"):  # a number insists on GPUs: why none is usable
+        faiss_tools.choose_devices("IVF16,Flat", "auto", None, 2, faiss_gpus=0, torch_gpus=2)
+    for device in ("cpu", "cuda:1"):
+        with pytest.raises(InputError, match=f"device={device!r} contradicts"):
+            faiss_tools.choose_devices("Flat", device, None, [0, 1], faiss_gpus=2, torch_gpus=2)
+    with pytest.raises(InputError, match="contradicts"):
+        faiss_tools.choose_devices("Flat", "cuda:1", None, "all", faiss_gpus=2, torch_gpus=2)
+
+
+def test_shards_take_lone_vectors_in_turn():
+    store = host_store("Flat", "shard", 3)
+    data = integer_vectors(7)
+    for i in range(7):  # IndexShards.add_with_ids would put every one of them on the last shard
+        store.add(data[i : i + 1], np.array([i]))
+    assert [p.ntotal for p in faiss_shards.parts_of(store.index)] == [3, 2, 2] and store.index.ntotal == 7

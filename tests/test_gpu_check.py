@@ -97,5 +97,36 @@ def test_collection_roundtrip_on_cpu(gpu_check, tmp_path):
 def test_cpu_sizes_are_small(gpu_check):
     quick = gpu_check.sizes("cpu", quick=True)
     assert quick["n"] <= 5_000 and quick["clip_models"] == ("ViT-B-32",) and quick["mllm_arch"] == "tiny"
+    assert quick["multi_n"] <= 5_000 and gpu_check.sizes("cuda", quick=False)["multi_n"] == 1_000_000
     full = gpu_check.sizes("cuda", quick=False)
     assert full["n"] == 1_000_000 and full["nq"] == 1000 and full["clip_batch"] == 256 and full["sg_q"] == 1000
+
+
+def test_split_plan_uses_every_gpu_and_says_when_there_is_one(gpu_check):
+    assert gpu_check.split_plan("cpu", 0) == ("cpu", ["cpu", "cpu"], None)
+    assert gpu_check.split_plan("cuda", 1) == ("cuda:0", ["cuda:0", "cuda:0"], "1 GPU visible: skipped")
+    assert gpu_check.split_plan("cuda", 3) == ("cuda:0", ["cuda:0", "cuda:1", "cuda:2"], None)
+
+
+def test_torch_split_search_on_two_cpu_parts(gpu_check):
+    rows = gpu_check.torch_split_search(600, 16, 12, 5, "cpu", ["cpu", "cpu"], repeats=1,
+                                        moot="1 GPU visible: skipped")
+    skipped, exact, random = rows
+    assert (skipped.status, skipped.result) == ("skipped", "1 GPU visible: skipped")
+    assert exact.check == "torch split search, integer vectors (2 parts on cpu; N=600 D=16 k=5)"
+    assert (exact.result, exact.status) == ("identical labels and scores", "pass")
+    assert random.result.startswith("12/12 identical rows; recall 1.0000") and random.status == "pass"
+
+
+def test_multi_gpu_checks_on_the_cpu_skip_faiss(gpu_check):
+    size = {"multi_n": 300, "dim": 8, "nq": 5, "k": 3, "repeats": 1}
+    rows = gpu_check.multi_gpu_checks("cpu", size)
+    assert [r.status for r in rows] == ["pass", "pass", "skipped"]
+    assert rows[-1].check == "FAISS sharded / replicated over GPUs"
+
+
+def test_faiss_multi_gpu_without_a_faiss_gpu_build_is_skipped(gpu_check):
+    if hasattr(__import__("faiss"), "StandardGpuResources"):
+        pytest.skip("this FAISS build has GPU support")
+    [row] = gpu_check.faiss_multi_gpu(100, 8, 4, 3)
+    assert (row.result, row.status) == ("skipped: no faiss GPU build", "skipped")

@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
-from mmrank import faiss_tools
+from mmrank import faiss_shards, faiss_tools
+from mmrank import index as index_module
 from mmrank.errors import CollectionError, InputError, MMRankError
 from mmrank.index import VectorIndex
 from tests import vectors as sample_vectors
@@ -33,6 +35,7 @@ def names(n: int) -> list[str]:
 
 
 brute_force = sample_vectors.exact_top_k
+assert_same_hits = sample_vectors.assert_same_hits
 
 
 def recall(found: list[list[str]], truth: list[list[str]]) -> float:
@@ -446,3 +449,181 @@ def test_import_does_not_load_faiss_or_torch():
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------- several GPUs
+#
+# No GPU here: FAISS's GPU count (or torch's) is replaced and the "GPUs" are CPU copies
+# (faiss_shards.HostPlacement, or torch's "cpu" device); the rest is the real path, save and load
+# included. Small-integer vectors make every score exact and many of them equal.
+
+
+@pytest.fixture
+def two_faiss_gpus(monkeypatch):
+    monkeypatch.setattr(faiss_tools, "faiss_gpu_count", lambda: 2)
+    monkeypatch.setattr(faiss_tools, "GpuPlacement", lambda gpus: faiss_shards.HostPlacement(len(gpus)))
+
+
+def hits(index: VectorIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    labels, scores = index.search_labels(queries, k)
+    return scores, labels
+
+
+@pytest.mark.parametrize(("factory", "mode"), [("Flat", "shard"), ("Flat", "replicate"),
+                                               ("IVF16,Flat", "shard"), ("IVF16,Flat", "replicate")])
+def test_index_over_two_gpus_searches_saves_and_loads_like_one(two_faiss_gpus, tmp_path, factory, mode):
+    data, queries = sample_vectors.integers(600, DIM), sample_vectors.integers(20, DIM, seed=1)
+    ids = names(600)
+    nprobe = 6 if factory != "Flat" else None
+    one = VectorIndex(DIM, factory, device="cpu", nprobe=nprobe)
+    two = VectorIndex(DIM, factory, gpus="all", multi_gpu=mode, nprobe=nprobe)
+    assert (two.backend, two.device, two.gpus, two.multi_gpu) == ("faiss-gpu", "cuda", [0, 1], mode)
+    assert two._store.devices == 2 and two._store.multi_gpu == mode
+    for index in (one, two):
+        index.add(ids[:300], data[:300])  # an IVF index trains on this batch
+        index.add(ids[300:], data[300:])
+        assert index.remove(ids[::4] + ["unknown"]) == 150
+    assert len(two) == 450 and two._store.index.ntotal == 450
+    if nprobe:  # set before training, kept by every part after it
+        assert [faiss.extract_index_ivf(p).nprobe
+                for p in faiss_shards.parts_of(two._store.index)] == [6, 6]
+    truth = dict(enumerate(data))
+    for k in (5, 450):
+        assert_same_hits(hits(one, queries, k), hits(two, queries, k), truth, queries, tie_order=mode == "replicate")
+
+    one.save(tmp_path / "one")
+    two.save(tmp_path / "two")
+    saved = [json.loads((tmp_path / name / "index.json").read_text()) for name in ("one", "two")]
+    assert saved[0]["ids"] == saved[1]["ids"] and saved[1]["count"] == 450
+    if factory == "Flat" or mode == "replicate":  # one CPU index, the very bytes one index writes
+        assert saved[0]["sha256"] == saved[1]["sha256"]
+    on_cpu = VectorIndex.load(tmp_path / "two", device="cpu")
+    assert (on_cpu.backend, on_cpu.gpus, on_cpu.nprobe) == ("faiss-cpu", [], nprobe)
+    again = VectorIndex.load(tmp_path / "two", gpus=2, multi_gpu=mode)
+    assert again.gpus == [0, 1] and again._store.devices == 2
+    for loaded in (on_cpu, again):
+        assert_same_hits(hits(one, queries, 40), hits(loaded, queries, 40), truth, queries, tie_order=False)
+
+
+def test_one_gpu_named_by_gpus_is_the_single_gpu_path(two_faiss_gpus):
+    index = VectorIndex(DIM, "Flat", gpus=[1])
+    assert (index.device, index.gpus, index._store.devices) == ("cuda:1", [1], 1)
+    with pytest.raises(MMRankError, match="gpus=3 asks for 3 GPUs, but only 2 GPUs are visible"):
+        VectorIndex(DIM, "Flat", gpus=3)
+    with pytest.raises(MMRankError, match="cannot run a 'HNSW32' index on the GPU.*replicate"):
+        VectorIndex(DIM, "HNSW32", gpus=2)  # asked for: an error, not a quiet fall back to the CPU
+    assert VectorIndex(DIM, "HNSW32", gpus="all").backend == "faiss-cpu"  # as device='auto' does
+
+
+def test_torch_backend_splits_the_vectors_over_the_gpus(monkeypatch):
+    monkeypatch.setattr(faiss_tools, "faiss_gpu_count", lambda: 0)
+    monkeypatch.setattr(faiss_tools, "torch_cuda_available", lambda: True)
+    monkeypatch.setattr(faiss_tools, "torch_cuda_count", lambda: 3)
+    made = []
+
+    class OnTheCpu(index_module.TorchExactSearch):
+        def __init__(self, dim, device, dtype, chunk_size, query_batch_size, devices=None):
+            made.append((device, devices))
+            super().__init__(dim, "cpu", "float32", chunk_size, query_batch_size,
+                             devices=None if devices is None else ["cpu"] * len(devices))
+
+    monkeypatch.setattr(index_module, "TorchExactSearch", OnTheCpu)
+    data, queries = sample_vectors.integers(300, DIM), sample_vectors.integers(10, DIM, seed=2)
+    three = VectorIndex(DIM, gpus="all", multi_gpu="replicate", chunk_size=64)
+    assert (three.backend, three.device, three.gpus) == ("torch", "cuda", [0, 1, 2])
+    assert made == [("cuda", ["cuda:0", "cuda:1", "cuda:2"])]
+    one = VectorIndex(DIM, device="cpu")
+    for index in (one, three):
+        index.add(names(300), data)
+    assert [s.n for s in three._store._shards] == [100, 100, 100]
+    # exact search both ways; equal scores later-added first, as FAISS orders a tie group that fits
+    assert_same_hits(hits(one, queries, 20), hits(three, queries, 20), dict(enumerate(data)), queries)
+    assert np.array_equal(hits(one, queries, 300)[1], hits(three, queries, 300)[1])
+    VectorIndex(DIM, gpus=[2])
+    assert made[-1] == ("cuda:2", None)
+    with pytest.raises(MMRankError, match="only 3 GPUs are visible"):
+        VectorIndex(DIM, gpus=4)
+
+
+def test_gpus_options_on_this_machine(tmp_path):
+    if faiss_tools.faiss_gpu_count() or faiss_tools.torch_cuda_available():
+        pytest.skip("this machine has a GPU path")
+    index = VectorIndex(DIM, gpus="all")  # no GPU: nothing changes
+    assert (index.backend, index.device, index.gpus) == ("faiss-cpu", "cpu", [])
+    assert VectorIndex(DIM, device="cpu", gpus="all").gpus == []
+    with pytest.raises(MMRankError, match="device='cuda' but no GPU path"):  # a number insists on GPUs
+        VectorIndex(DIM, gpus=2)
+    with pytest.raises(InputError, match="device='cpu' contradicts"):
+        VectorIndex(DIM, device="cpu", gpus=[0, 1])
+    with pytest.raises(InputError, match="multi_gpu must be"):
+        VectorIndex(DIM, multi_gpu="mirror")
+    index.add(names(10), unit(10))
+    index.save(tmp_path / "saved")
+    assert len(VectorIndex.load(tmp_path / "saved", gpus="all")) == 10
+    with pytest.raises(MMRankError, match="no GPU path"):
+        VectorIndex.load(tmp_path / "saved", gpus=2)
+
+
+# ----------------------------------------------------------------------------- re-scoring, on disk
+
+
+@pytest.mark.parametrize("factory", ["IVF8,PQ4x4fs", "IVF8,PQ4x4"])
+def test_refining_with_every_candidate_gives_the_exact_ranking(factory, tmp_path):
+    data, queries = clustered(600, dim=16), clustered(5, dim=16, seed=1)
+    index = VectorIndex(16, factory, nprobe=8, refine=60, vectors_file=tmp_path / "v.f32")
+    index.add(names(600), data)  # 10 x 60 candidates: every vector is re-scored exactly
+    ids, scores = index.search(queries, 10)
+    rows, exact = brute_force(data, queries, 10)
+    assert ids == [[f"item-{r}" for r in row] for row in rows]
+    np.testing.assert_allclose(scores, exact, rtol=1e-5)
+    plain = VectorIndex(16, factory, nprobe=8)
+    plain.add(names(600), data)
+    assert plain.search(queries, 10)[0] != ids  # 4-byte codes alone misorder
+
+
+def test_a_refining_index_saves_its_vectors_and_loads_them(tmp_path):
+    data, queries = clustered(600, dim=16), clustered(5, dim=16, seed=1)
+    index = VectorIndex(16, "IVF8,PQ4x4fs", nprobe=8, refine=10)  # vectors in a temporary file
+    index.add(names(600), data)
+    index.remove(["item-0"])
+    expected = index.search(queries, 5)
+    index.save(tmp_path / "saved")
+    manifest = json.loads((tmp_path / "saved" / "index.json").read_text())
+    assert manifest["refine"] == 10 and manifest["vectors_file"].startswith("vectors-")
+    assert (tmp_path / "saved" / manifest["vectors_file"]).stat().st_size == 600 * 16 * 4  # removed rows stay
+    loaded = VectorIndex.load(tmp_path / "saved")
+    assert loaded.refine == 10 and loaded.search(queries, 5)[0] == expected[0]
+    index.save(tmp_path / "saved")  # a second save replaces the vectors file and removes the old one
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "saved").iterdir()) == ["index", "index.json", "vectors"]
+
+
+def test_a_missing_or_short_vectors_file_is_named(tmp_path):
+    index = VectorIndex(16, "IVF8,PQ4x4fs", refine=10)
+    index.add(names(600), clustered(600, dim=16))
+    index.save(tmp_path / "saved")
+    vectors = next((tmp_path / "saved").glob("vectors-*.f32"))
+    vectors.write_bytes(vectors.read_bytes()[:-4])
+    with pytest.raises(CollectionError, match=rf"{vectors.name} has .* bytes; it should hold 600 vectors"):
+        VectorIndex.load(tmp_path / "saved")
+    vectors.unlink()
+    with pytest.raises(CollectionError, match="is missing"):
+        index_module.verify_saved_index(tmp_path / "saved")
+
+
+def test_an_ivf_index_is_searched_from_disk_read_only(tmp_path):
+    data, queries = clustered(600, dim=16), clustered(5, dim=16, seed=1)
+    index = VectorIndex(16, "IVF8,PQ4x4", nprobe=4, refine=10, on_disk=True)
+    index.add(names(600), data)
+    index.save(tmp_path / "saved")
+    loaded = VectorIndex.load(tmp_path / "saved")  # as saved: from disk
+    assert loaded.read_only and faiss_tools.lists_on_disk(loaded._store.index)
+    assert loaded.search(queries, 5)[0] == index.search(queries, 5)[0]
+    with pytest.raises(MMRankError, match="searched from disk .* load it with on_disk=False"):
+        loaded.add(["new"], data[:1])
+    with pytest.raises(MMRankError, match="cannot be saved"):
+        loaded.save(tmp_path / "other")
+    in_memory = VectorIndex.load(tmp_path / "saved", on_disk=False)
+    assert not in_memory.read_only
+    in_memory.add(["new"], -data[:1])
+    assert in_memory.search(-data[:1], 1)[0] == [["new"]]  # its vector is re-scored from a copy ...
+    assert VectorIndex.load(tmp_path / "saved").search(queries, 5)[0] == index.search(queries, 5)[0]  # ... saved one intact

@@ -354,19 +354,28 @@ def test_stored_vectors_of_nothing_is_an_empty_matrix_of_the_space_dimension(sto
         assert found == [] and matrix.shape == (0, DIM) and matrix.dtype == np.float32
 
 
-def test_all_vectors_in_insertion_order_read_only(store):
+def test_all_vectors_in_insertion_order(store):
     first = _add_with_vectors(store, ["z", "a"], seed=0)
     second = _add_with_vectors(store, ["m"], seed=1)
     store.add([], {"text": (["a"], _vectors(1, seed=2))})
     ids, matrix = store.all_vectors("image", DIM)
     assert ids == ["z", "a", "m"]
     np.testing.assert_array_equal(matrix, np.vstack([first, second]))
-    assert not matrix.flags.writeable
-    with pytest.raises(ValueError):
-        matrix[0, 0] = 1.0
     assert store.all_vectors("text", DIM)[0] == ["a"]
     ids, empty = store.all_vectors("audio", DIM)
     assert ids == [] and empty.shape == (0, DIM)
+
+
+def test_vector_batches_stream_a_space_in_insertion_order(store):
+    vectors = _add_with_vectors(store, [f"i{n}" for n in range(7)], seed=3)
+    store.add([], {"text": (["i2"], _vectors(1, seed=4))})  # another space between the rows
+    store.remove(["i3"])
+    batches = list(store.vector_batches("image", DIM, batch=3))
+    assert [ids for ids, _, _ in batches] == [["i0", "i1", "i2"], ["i4", "i5", "i6"]]
+    assert all(parts == [0, 0, 0] for _, parts, _ in batches)
+    np.testing.assert_array_equal(np.vstack([m for _, _, m in batches]), vectors[[0, 1, 2, 4, 5, 6]])
+    assert store.vector_count("image") == 6 and store.vector_count("text") == 1
+    assert list(store.vector_batches("audio", DIM)) == [] and store.vector_count("audio") == 0
 
 
 def test_removed_and_replaced_vectors_leave_all_vectors(store):

@@ -43,7 +43,8 @@ def test_a_missing_qwen_vl_utils_names_the_mllm_extra(monkeypatch: pytest.Monkey
 
 def test_the_extras_named_in_errors_exist_in_pyproject() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    assert EXTRAS == {"qwen_vl_utils": ("qwen-vl-utils", "mllm"), "openai": ("openai", "openai")}
+    assert EXTRAS == {"qwen_vl_utils": ("qwen-vl-utils", "mllm"), "openai": ("openai", "openai"),
+                      "ray": ("ray", "ray"), "ray.data": ("ray", "ray")}
 
     extras = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
     for module, (package, extra) in EXTRAS.items():

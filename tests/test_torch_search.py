@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmrank import faiss_tools
+from mmrank import faiss_tools, torch_search
 from mmrank.errors import InputError
 from mmrank.torch_search import TorchExactSearch
 from tests import vectors as sample_vectors
@@ -274,3 +274,115 @@ def test_numpy_integers_are_accepted_as_sizes():
     database, labels = unit(23), scattered_labels(23)
     store.add(database, labels)
     assert_brute_force(store, database, labels, unit(5, seed=1), 23)
+
+
+# ------------------------------------------------------------------------------ several devices
+#
+# Small-integer vectors make every inner product exact, whatever the matrix product's blocking or
+# precision, and make many scores equal: the tie rule (later-added first, also for which members of
+# a tie group cut by the k-th place are kept) then decides every ranking.
+
+
+def integer_vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+    return sample_vectors.integers(n, dim, seed)
+
+
+def ranked_later_first(database: np.ndarray, labels: np.ndarray, queries: np.ndarray,
+                       k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, labels) of the ``k`` best rows per query, equal scores later row first."""
+    scores = queries @ database.T
+    order = np.array([faiss_tools.descending_order(row)[:k] for row in scores])
+    return np.take_along_axis(scores, order, 1), labels[order]
+
+
+def added_in_batches(store: TorchExactSearch, database: np.ndarray, labels: np.ndarray) -> TorchExactSearch:
+    for start, stop in ((0, 100), (100, 101), (101, 102), (102, len(database))):
+        store.add(database[start:stop], labels[start:stop])
+    return store
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("chunk_size", [7, 64, 1000])
+def test_split_over_devices_equals_one_device_ties_included(dtype, chunk_size):
+    database, labels, queries = integer_vectors(300), scattered_labels(300), integer_vectors(20, seed=1)
+    stores = [added_in_batches(TorchExactSearch(8, dtype=dtype, devices=["cpu"] * n, chunk_size=chunk_size,
+                                                query_batch_size=8), database, labels) for n in (1, 2, 3)]
+    assert [[s.n for s in store._shards] for store in stores] == [[300], [150, 150], [100, 100, 100]]
+    for k in (1, 5, 31, 100, 101, 151, 300):  # ties cut at the k-th place; k above a device's rows
+        expected = ranked_later_first(database, labels, queries, k)
+        for store in stores:
+            scores, found = store.search(queries, k)
+            assert np.array_equal(found, expected[1]) and np.array_equal(scores, expected[0])
+
+
+def test_split_search_after_removal_and_more_adds():
+    database, labels, queries = integer_vectors(400), scattered_labels(400), integer_vectors(15, seed=2)
+    one = TorchExactSearch(8, chunk_size=16)
+    two = TorchExactSearch(8, devices=["cpu", "cpu"], chunk_size=16)
+    keep = np.ones(400, dtype=bool)
+    keep[:150:2] = False  # all from the first device's rows: the devices end up uneven
+    for store in (one, two):
+        store.add(database[:300], labels[:300])
+        assert store.remove(np.concatenate([labels[~keep], [-3]])) == (~keep).sum()
+        store.add(database[300:], labels[300:])  # new rows go to the emptier device first
+    assert [s.n for s in two._shards] == [163, 162] and two.ntotal == one.ntotal == keep.sum()
+    for k in (1, 9, 164, int(keep.sum())):
+        expected = ranked_later_first(database[keep], labels[keep], queries, k)
+        for store in (one, two):
+            scores, found = store.search(queries, k)
+            assert np.array_equal(found, expected[1]) and np.array_equal(scores, expected[0])
+
+
+def test_random_vectors_split_over_devices_match_brute_force():
+    database, queries, labels = unit(500), unit(30, seed=4), scattered_labels(500)
+    store = TorchExactSearch(DIM, devices=["cpu", "cpu"], chunk_size=64, query_batch_size=16)
+    store.add(database, labels)
+    assert_brute_force(store, database, labels, queries, 10)
+    assert_brute_force(store, database, labels, queries, 500)
+
+
+def test_split_to_cpu_writes_what_one_device_writes_in_added_order():
+    database, labels = integer_vectors(120), scattered_labels(120)
+    one, two = TorchExactSearch(8), TorchExactSearch(8, devices=["cpu", "cpu"])
+    for store in (one, two):
+        added_in_batches(store, database, labels)
+        store.remove(labels[5:60:3])
+    assert faiss.serialize_index(two.to_cpu()).tobytes() == faiss.serialize_index(one.to_cpu()).tobytes()
+    again = TorchExactSearch(8, devices=["cpu", "cpu", "cpu"])
+    again.add_from(two.to_cpu())
+    queries = integer_vectors(6, seed=5)
+    assert all(np.array_equal(a, b) for a, b in zip(again.search(queries, 40), one.search(queries, 40)))
+
+
+def test_fewer_rows_than_k_and_empty_devices():
+    store = TorchExactSearch(8, devices=["cpu", "cpu", "cpu"])
+    queries = integer_vectors(3, seed=6)
+    assert store.search(queries, 5)[0].shape == (3, 0)
+    store.add(integer_vectors(2), np.array([4, 9]))  # one device stays empty
+    scores, found = store.search(queries, 5)
+    assert found.shape == (3, 2) and sorted(found[0].tolist()) == [4, 9]
+
+
+def test_devices_option():
+    store = TorchExactSearch(8, devices=["cpu", "cpu"])
+    assert store.device == torch.device("cpu") and store.devices == [torch.device("cpu")] * 2
+    assert store.dtype is torch.float32
+    for bad in ([], "cpu", ["nowhere"]):
+        with pytest.raises(InputError, match="devices"):
+            TorchExactSearch(8, devices=bad)
+
+
+def test_devices_searched_in_threads_give_the_same_results(monkeypatch):
+    database, labels, queries = integer_vectors(200), scattered_labels(200), integer_vectors(12, seed=7)
+    store = added_in_batches(TorchExactSearch(8, devices=["cpu"] * 3, chunk_size=16, query_batch_size=5),
+                             database, labels)
+    expected = store.search(queries, 40)
+    monkeypatch.setattr(torch_search, "_threaded", lambda devices: True)  # as for shards on 3 GPUs
+    assert all(np.array_equal(a, b) for a, b in zip(store.search(queries, 40), expected))
+    assert np.array_equal(expected[1], ranked_later_first(database, labels, queries, 40)[1])
+
+
+def test_only_shards_on_several_gpus_get_threads():
+    cuda = [torch.device("cuda:0"), torch.device("cuda:1")]
+    assert torch_search._threaded(cuda) and not torch_search._threaded([torch.device("cpu")] * 2)
+    assert not torch_search._threaded([cuda[0], cuda[0]])

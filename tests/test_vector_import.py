@@ -347,3 +347,18 @@ def test_import_vectors_command(tmp_path, run_cli):
 
     code, stdout, _ = run_cli("import-vectors", "--help")
     assert code == 0 and "img_emb_N.npy" in stdout and "metadata_N.parquet" in stdout
+
+
+def test_import_vectors_into_an_auto_index_under_a_memory_budget(tmp_path, run_cli):
+    write_numpy(tmp_path / "e")
+    out = tmp_path / "c"
+    code, _, stderr = run_cli("import-vectors", tmp_path / "e", "--out", out, "--encoder", ENCODER, "-q",
+                              "--index", "auto", "--memory-budget", "1KB")
+    assert code == 0, stderr
+    code, stdout, _ = run_cli("info", out, "--json")
+    info = json.loads(stdout)
+    assert (info["index"], info["memory_budget"]) == ("auto", 1024)
+    assert info["index_plans"]["image"].endswith("searched from disk")  # 1 KB holds no codes for 240 vectors
+    code, _, stderr = run_cli("import-vectors", tmp_path / "e", "--out", tmp_path / "f", "--encoder", ENCODER,
+                              "--memory-budget", "1GB")
+    assert code == 2 and "memory budget applies to --index-factory auto" in stderr
