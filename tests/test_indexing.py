@@ -114,6 +114,24 @@ def test_batched_image_queries_match_single_ones(tmp_path, tiny_clip):
         assert batched[1][0].item.id == str(paths[1].resolve())
 
 
+def test_a_batch_encoded_item_by_item_keeps_its_files_left_out_pages(tmp_path, minilm):
+    class Poisoned:  # fails on one text, so the batch is encoded again file by file, item by item
+        name, dim = minilm.name, minilm.dim
+
+        def encode_texts(self, texts):
+            if any("POISON" in text for text in texts):
+                raise ValueError("this text cannot be encoded")
+            return minilm.encode_texts(texts)
+
+    make_pdf(tmp_path / "in" / "a-scan.pdf", ["The violin has four strings.", None])
+    bad = make_pdf(tmp_path / "in" / "b-poison.pdf", ["POISON"])
+    with Collection.create(tmp_path / "c") as collection:
+        report = index_paths(collection, [tmp_path / "in"], ItemEncoder(Poisoned(), ocr="off"))
+        assert len(collection) == 1 and report.skipped_pages == 1
+        assert [s.path for s in report.skipped] == [f"{bad.resolve()} (page 1)"]
+        assert collection.info()["skipped_pages"] == 1  # the text-less page is still recorded
+
+
 def test_text_less_pages_fall_back_to_their_picture(tmp_path, minilm, tiny_clip):
     pdf = make_pdf(tmp_path / "in" / "scan.pdf", ["The violin has four strings.", None])
     with Collection.create(tmp_path / "without") as collection:
