@@ -73,8 +73,7 @@ class Clustered:
 def memory() -> dict[str, int]:
     """Peak and current resident memory of this process, and the current anonymous / file parts (bytes)."""
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    kb = {key: int(status[key].split()[0]) * 1024 for key in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
-    return kb
+    return {key: int(status[key].split()[0]) * 1024 for key in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
 
 
 def build(data: Clustered, count: int, dim: int, budget: int, folder: Path, chunk: int) -> dict:

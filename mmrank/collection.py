@@ -79,10 +79,7 @@ class Collection:
         path.mkdir(parents=True, exist_ok=True)
         with WriterLock(path).hold():
             store = ItemStore.create(path / DATABASE, name=path)
-            manifest = Manifest.create(path, index_factory)
-            if budget is not None:
-                manifest.set_index_factory(index_factory, budget)
-            return cls(path, manifest, store, device)
+            return cls(path, Manifest.create(path, index_factory, budget), store, device)
 
     @classmethod
     def open(cls, path: str | Path, *, device: str = "auto", gpus: str | int | Sequence[int] | None = None,

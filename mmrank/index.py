@@ -477,9 +477,9 @@ class VectorIndex:
         maps plain IVF lists (Flat, SQ, 8-bit PQ codes), not fast-scan ones, which load into memory
         as usual. None: as it was saved."""
         folder = Path(path)
-        manifest = _read_manifest(folder, folder / MANIFEST_NAME)
+        manifest = _read_manifest(folder, folder / MANIFEST_NAME)  # read once: it lists every id
         on_disk = bool(manifest.get("on_disk")) if on_disk is None else on_disk
-        cpu_index, manifest = _read_saved_index(folder, on_disk=on_disk)
+        cpu_index = _read_saved_index(folder, manifest, on_disk=on_disk)
         raw = None
         if manifest.get("vectors_file"):
             raw = RawVectors.open(folder / manifest["vectors_file"], manifest["dim"], len(manifest["ids"]))
@@ -552,20 +552,18 @@ def _checked_index_file(folder: Path, manifest: dict[str, Any], manifest_path: P
     return index_path
 
 
-def _read_saved_index(folder: Path, on_disk: bool = False) -> tuple[Any, dict[str, Any]]:
-    """The CPU FAISS index and the manifest of a folder written by :meth:`VectorIndex.save`, checked
-    against each other (``on_disk``: an IVF index's lists memory-mapped, its checksum not read)."""
+def _read_saved_index(folder: Path, manifest: dict[str, Any], on_disk: bool = False) -> Any:
+    """The CPU FAISS index of a folder written by :meth:`VectorIndex.save`, checked against its
+    ``manifest`` (``on_disk``: an IVF index's lists memory-mapped, its checksum not read)."""
     import faiss
 
-    manifest_path = folder / MANIFEST_NAME
-    manifest = _read_manifest(folder, manifest_path)
-    index_path = _checked_index_file(folder, manifest, manifest_path, hashed=not on_disk)
+    index_path = _checked_index_file(folder, manifest, folder / MANIFEST_NAME, hashed=not on_disk)
     try:
         cpu_index = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP if on_disk else 0)
     except RuntimeError as exc:
         raise CollectionError(f"FAISS cannot read {index_path}: {exc}") from exc
     _check_agreement(cpu_index, manifest, index_path)
-    return cpu_index, manifest
+    return cpu_index
 
 
 def _read_manifest(folder: Path, manifest_path: Path) -> dict[str, Any]:

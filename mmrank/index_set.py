@@ -77,7 +77,7 @@ class IndexSet:
     def __init__(self, folder: Path, store: ItemStore, manifest: Manifest, device: str = "auto",
                  lock: WriterLock | None = None, *, gpus: str | int | Sequence[int] | None = None,
                  multi_gpu: str = "shard") -> None:
-        self.folder, self.store, self.manifest, self.device = folder, store, manifest, device
+        self.folder, self.store, self.manifest = folder, store, manifest
         self.placement: dict[str, Any] = {"device": device, "gpus": gpus, "multi_gpu": multi_gpu}
         self.lock = lock or WriterLock(folder)
         self._vectors: dict[str, VectorIndex] = {}

@@ -347,7 +347,8 @@ class ItemStore:
             if not rows:
                 return
             after = rows[-1][0]
-            yield [row[1] for row in rows], [row[2] for row in rows], _matrix([row[3] for row in rows], dim, writable=False)
+            ids, parts, blobs = zip(*((row[1], row[2], row[3]) for row in rows))
+            yield list(ids), list(parts), _matrix(list(blobs), dim, writable=False)
 
     def vector_count(self, space: str) -> int:
         """How many vectors ``space`` holds."""

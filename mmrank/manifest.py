@@ -43,7 +43,7 @@ class Manifest:
         self.data = data
 
     @classmethod
-    def create(cls, folder: Path, index_factory: str = "Flat") -> Manifest:
+    def create(cls, folder: Path, index_factory: str = "Flat", memory_budget: int | None = None) -> Manifest:
         now = _now()
         manifest = cls(folder, {
             "format": FORMAT,
@@ -51,7 +51,8 @@ class Manifest:
             "created": now,
             "updated": now,
             "spaces": {},
-            "index": {"factory": index_factory, "files": {}, "revision": -1},
+            "index": {"factory": index_factory, "files": {}, "revision": -1,
+                      **({"memory_budget": memory_budget} if memory_budget is not None else {})},
             "counts": {"items": 0, "files": 0, "vectors": {}},
         })
         manifest.write()
