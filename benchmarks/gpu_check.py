@@ -27,6 +27,9 @@ Checks (each one's failure becomes a row with its error; the rest still run):
   * a Collection built and saved on CUDA reopens on the CPU with the same search results;
   * open_clip ViT-B-32 / ViT-L-14 image encoding (random weights, float16), images/s;
   * SuperGlobal refinement (Q=1000, M=400, K=9, D=2048), ms/query;
+  * late-interaction MaxSim (mmrank.maxsim) of 27-token queries against pages of 1,000 float16
+    patch vectors (128-d) on the device (torch, float16 products) vs numpy on the CPU: the largest
+    score difference, and pages scored per second on each;
   * MLLM reranking with a random Qwen2.5-VL-3B-architecture model: benchmarks/cir_bench.py --json and
     benchmarks/mllm_rerank_bench.py as subprocesses (peak memory read device-wide while they run).
 """
@@ -461,6 +464,28 @@ def superglobal_check(queries: int, n: int, m: int, k: int, dim: int, device: st
                f"{result['fraction']:.0%} of a plain bmm")
 
 
+def maxsim_check(pages: int, patches: int, dim: int, queries: int, device: str, repeats: int) -> list[Row]:
+    """MaxSim of ``queries`` 27-token queries against ``pages`` random pages of ``patches`` float16
+    vectors: the device's scores (torch; on the CPU the torch path itself) against numpy's, and
+    pages scored per second (one query at a time, as the exact stage of a search scores them)."""
+    from mmrank import maxsim as module
+    from timing import timed
+
+    rows = random_unit(pages * patches, dim, seed=5).astype(np.float16)
+    counts = np.full(pages, patches)
+    tokens = [random_unit(27, dim, seed=100 + q) for q in range(queries)]
+    cpu = module.maxsim(tokens, rows, counts)
+    on = module._maxsim_torch(tokens, rows, counts, device)  # the path device="cuda" takes
+    diff = float(np.abs(on - cpu).max() / np.abs(cpu).max())
+    cpu_s = timed(lambda: module.maxsim(tokens[:1], rows, counts), "cpu", repeats)
+    dev_s = timed(lambda: module._maxsim_torch(tokens[:1], rows, counts, device), device, repeats)
+    ok = diff < 5e-3  # float16 products on a GPU: scores of ~10 agree to a few thousandths
+    return [Row(f"MaxSim {pages} pages x {patches} x {dim} (float16) on {device} vs numpy",
+                f"max relative score difference {diff:.1e}; {pages / dev_s:,.0f} pages/s on {device}, "
+                f"{pages / cpu_s:,.0f} pages/s numpy (1 query, rows read from host memory)",
+                "difference < 5e-3", "pass" if ok else "FAIL")]
+
+
 # ---------------------------------------------------------------------------------------- subprocess
 
 class DevicePeak:
@@ -597,14 +622,14 @@ def sizes(device: str, quick: bool) -> dict:
                 "clip_models": ("ViT-B-32", "ViT-L-14"), "sg_q": 100 if quick else 1000,
                 "sg_n": 20_000 if quick else 100_000, "mllm_arch": "qwen2.5-vl-3b",
                 "mllm_args": ("--repeats", "1"), "cir_args": ("--repeats", "2"), "bench_timeout": 150,
-                "multi_n": 100_000 if quick else 1_000_000}
+                "multi_n": 100_000 if quick else 1_000_000, "late_pages": 200 if quick else 2000}
     return {"n": 2_000 if quick else 50_000, "nq": 50 if quick else 200, "dim": 512 if not quick else 128,
             "k": 10, "repeats": 1 if quick else 3, "collection_n": 2_000, "clip_batch": 2 if quick else 8,
             "clip_models": ("ViT-B-32",), "sg_q": 4 if quick else 20, "sg_n": 2_000 if quick else 10_000,
             "mllm_arch": "tiny",
             "mllm_args": ("--repeats", "1", "--candidates", "4", "--window", "2", "--new-tokens", "8"),
             "cir_args": ("--queries", "1", "--k", "4", "--repeats", "1"), "bench_timeout": 120 if quick else 300,
-            "multi_n": 2_000 if quick else 20_000}
+            "multi_n": 2_000 if quick else 20_000, "late_pages": 20 if quick else 200}
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -630,8 +655,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a dry run")
     parser.add_argument("--wheels", type=Path, default=ROOT / "wheels", help="folder of carried wheels")
     parser.add_argument("--site", type=Path, default=DEFAULT_SITE, help="where missing wheels are installed")
-    parser.add_argument("--only", nargs="+", choices=("search", "multigpu", "collection", "clip", "superglobal", "cir",
-                                                       "mllm"),
+    parser.add_argument("--only", nargs="+", choices=("search", "multigpu", "collection", "clip", "superglobal", "late",
+                                                       "cir", "mllm"),
                         help="run only these checks")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     parser.add_argument("--budget", type=float, default=330.0,
@@ -651,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     has_cuda = torch is not None and torch.cuda.is_available()
     print(environment_line(device), flush=True)
     size = sizes(device, args.quick)
-    wanted = set(args.only or ("search", "multigpu", "collection", "clip", "superglobal", "cir", "mllm"))
+    wanted = set(args.only or ("search", "multigpu", "collection", "clip", "superglobal", "late", "cir", "mllm"))
     rows: list[Row] = []
     tails: list[tuple[str, str]] = []
 
@@ -681,6 +706,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "superglobal" in wanted:
         rows += run_check("SuperGlobal", lambda: [superglobal_check(
             size["sg_q"], size["sg_n"], 400, 9, 2048, device, size["repeats"])], device)
+    if "late" in wanted:
+        rows += run_check("late-interaction MaxSim", lambda: maxsim_check(
+            size["late_pages"], 1000, 128, 4, device, size["repeats"]), device)
     if "cir" in wanted:
         rows += run_check("cir_bench", lambda: cir_bench(
             size["mllm_arch"], device, time_left(size["bench_timeout"]), size["cir_args"]), device)

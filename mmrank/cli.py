@@ -42,6 +42,14 @@ MemoryBudgetOption = Annotated[Optional[str], typer.Option(
     help="With --index-factory auto: the memory the index may take while searching (4GB, 512MB ...); the index "
          "type, its code size and whether it is searched from disk follow from it and the number of vectors.",
     show_default="4GB")]
+PageModelOption = Annotated[Optional[str], typer.Option(
+    help="Late-interaction page model: every page's (and image's) patch vectors are stored and searched by MaxSim "
+         "(the patches retrieval path, e.g. --pipeline docqa-colqwen). A transformers ColPali / ColQwen2 / ColQwen2.5 "
+         "checkpoint: a Hugging Face id, a local folder, or colpali / colqwen2 for vidore's.",
+    show_default="none, or the collection's")]
+TokenPoolingOption = Annotated[int, typer.Option(
+    help="With --page-model: merge similar patch vectors of a page into one, N to one (hierarchical pooling, as "
+         "colpali-engine's), cutting storage N-fold; 1 keeps every patch.")]
 MLLMOption = Annotated[Optional[str], typer.Option(
     "--mllm", help="Vision-language model for the pipeline's MLLM rerankers: a Hugging Face id or a local "
                    "model folder (with --mllm-url: the model name the server serves).",
@@ -77,6 +85,10 @@ def index(
         show_default="laion2b_s34b_b79k")] = None,
     pages_as_images: Annotated[bool, typer.Option(
         help="Also embed every PDF page's picture with the image model (text-less pages always are).")] = False,
+    page_model: PageModelOption = None,
+    token_pooling: TokenPoolingOption = 1,
+    patch_dtype: Annotated[str, typer.Option(
+        help="With --page-model: how patch vectors are stored, float16 (half the disk) or float32.")] = "float16",
     dpi: Annotated[int, typer.Option(
         help=f"Resolution at which PDF pages are rendered for the image model ({MIN_DPI} to {MAX_DPI}).")] = 144,
     ocr: Annotated[str, typer.Option(
@@ -124,6 +136,7 @@ def index(
     require_existing(paths)  # options and paths are checked before anything is created
     check_dpi(dpi)
     check_ocr(ocr)
+    _check_page_options(page_model, token_pooling, patch_dtype)
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
     ray = ray or ray_address is not None
@@ -137,7 +150,8 @@ def index(
     waiting = {"wait": not no_wait, "on_wait": lambda message: typer.echo(message, err=True)}
     collection = Collection.open_or_create(out, index_factory=index_factory, device=device,
                                            memory_budget=memory_budget, **waiting)
-    choice = EncoderChoice(text_model, image_model, image_pretrained, pages_as_images, dpi, ocr)
+    choice = EncoderChoice(text_model, image_model, image_pretrained, pages_as_images, dpi, ocr, page_model,
+                           token_pooling, patch_dtype)
     with collection.writing(**waiting):
         if not ray:
             encoder = choice.item_encoder(collection.spaces, device)  # as the lock found them
@@ -320,12 +334,26 @@ def info(
         ("items", f"{details['items']} ({kinds}); {details['with_text']} with text; from {details['files']} files"
                   f"{skipped}"),
         ("index", details["index"]),
-        *((f"{name} vectors", f"{space['vectors']} x {space['dim']} by {space['encoder']}")
+        *((f"{name} vectors", f"{space['vectors']} x {space['dim']}{_patch_summary(space)} by {space['encoder']}")
           for name, space in details["spaces"].items()),
         ("updated", details["updated"]),
     ]
     width = max(len(label) for label, _ in rows) + 2
     typer.echo("\n".join(f"{label:<{width}}{value}" for label, value in rows))
+
+
+def _patch_summary(space: dict) -> str:
+    """How ``mmrank info`` describes a late-interaction space's storage, e.g. `` (float16 patch
+    vectors of 1200 pages, 300 MB; every page scored exactly)``."""
+    if "multi_vector" not in space:
+        return ""
+    from mmrank.index_plan import format_size
+
+    dead = f", {space['dead_rows']} dead rows" if space["dead_rows"] else ""
+    search = (f"{space['centroids']} centroids pick the pages scored exactly" if space["centroids"]
+              else "every page scored exactly")
+    return (f" ({space['multi_vector']} patch vectors of {space['pages']} pages, "
+            f"{format_size(space['patch_bytes'])}{dead}; {search})")
 
 
 @app.command(name="eval")
@@ -349,6 +377,8 @@ def evaluate(
         show_default="ViT-B-32")] = None,
     pages_as_images: Annotated[bool, typer.Option(
         help="Also embed the pictures of pages that have text.")] = False,
+    page_model: PageModelOption = None,
+    token_pooling: TokenPoolingOption = 1,
     metrics: Annotated[Optional[str], typer.Option(
         help="Comma-separated metrics: recall@K, hit@K, map@K, map, ndcg@K, mrr (as trec_eval computes "
              "them), map_min@K (CIRCO's mAP@K), and for Revisited Oxford/Paris rmap (the official AP) and mp@K.",
@@ -385,10 +415,11 @@ def evaluate(
         evaluate as run_evaluation,
         ranking_depth,
     )
-    from mmrank.indexing import ItemEncoder
+    from mmrank.indexing import EncoderChoice, ItemEncoder
 
     _check_output(report, "--report")
     _check_output(save_runs and save_runs / "qrels.txt", "--save-runs")
+    _check_page_options(page_model, token_pooling, "float16")
     options = _key_values(option or [])
     if split is not None:
         options["split"] = split
@@ -404,12 +435,16 @@ def evaluate(
     if collected is not None:
         depth = max(depth, collected.depth)
     text_encoder = load_text_encoder(text_model, device=device) if any(i.has_text for i in dataset.items) else None
-    encoder = ItemEncoder(text_encoder, lambda: load_image_encoder(image_model, device=device),
-                          pages_as_images=pages_as_images)
+    pages = None if page_model is None else EncoderChoice(page_model=page_model, token_pooling=token_pooling)
+    encoder = ItemEncoder(text_encoder, None if pages is not None and image_model is None and not pages_as_images
+                          else lambda: load_image_encoder(image_model, device=device),
+                          pages_as_images=pages_as_images, page_encoder=pages and pages.page_encoder({}, device))
     with tempfile.TemporaryDirectory(prefix="mmrank-eval-") as scratch:
         folder = collection_path or Path(scratch) / "collection"
         with Collection.open_or_create(folder, device=device) as collection:
-            add_dataset_items(collection, dataset, encoder, progress=not as_json)
+            left_out: list = []
+            add_dataset_items(collection, dataset, encoder, progress=not as_json, skipped=left_out)
+            _echo_problems([], left_out)
             runner = _pipeline(pipeline, collection, mllm, mllm_url, trust_remote_code)
             shown: list = []
 
@@ -593,6 +628,17 @@ def _pipeline(name: str | None, collection, mllm: str | None, mllm_url: str | No
         raise InputError(f"--mllm/--mllm-url/--trust-remote-code need a pipeline with an MLLM reranker (bundled: "
                          f"{', '.join(_mllm_pipelines())}); {name or 'the default pipeline'} has none.")
     return runner
+
+
+def _check_page_options(page_model: str | None, token_pooling: int, patch_dtype: str) -> None:
+    """InputError for page-model options that cannot work, before anything is written."""
+    from mmrank.patch_files import check_dtype
+
+    check_dtype(patch_dtype)
+    if token_pooling < 1:
+        raise InputError(f"--token-pooling must be at least 1 (1: no pooling); got {token_pooling}.")
+    if page_model is None and (token_pooling != 1 or patch_dtype != "float16"):
+        raise InputError("--token-pooling and --patch-dtype go with --page-model.")
 
 
 def _echo_problems(warnings, skipped) -> None:

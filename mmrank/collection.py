@@ -33,6 +33,7 @@ from mmrank.index_set import Hits, IndexSet
 from mmrank.item_store import DATABASE, FileEntry, ItemStore, VectorBatch
 from mmrank.locking import LOCK_FILE, WriterLock
 from mmrank.manifest import MANIFEST, Manifest, Space
+from mmrank.patch_files import check_dtype
 from mmrank.text import PassageSplit
 from mmrank.types import Item
 
@@ -59,6 +60,7 @@ class Collection:
         self.lock = WriterLock(path)
         self.indexes = IndexSet(path, store, manifest, device, self.lock, gpus=gpus, multi_gpu=multi_gpu)
         self.encoders = BoundEncoders(manifest, device)
+        self._bind_patch_spaces()
 
     # ----------------------------------------------------------------- opening and creating
     @classmethod
@@ -180,7 +182,8 @@ class Collection:
             "skipped_pages": self.store.skipped_pages(),
             "spaces": {
                 name: {"encoder": space.encoder, "dim": space.dim, "vectors": counts["vectors"].get(name, 0),
-                       **({"passages": space.passages.to_dict()} if space.passages else {})}
+                       **({"passages": space.passages.to_dict()} if space.passages else {}),
+                       **(self._patch_info(name, space) if space.multi_vector else {})}
                 for name, space in self.spaces.items()
             },
             "index": self.index_factory,
@@ -188,12 +191,36 @@ class Collection:
                 "memory_budget": self.manifest.memory_budget} if self.index_factory == AUTO else {}),
         }
 
+    def _patch_info(self, name: str, space: Space) -> dict[str, Any]:
+        """What :meth:`info` says of a late-interaction space: storage type, pages, bytes on disk
+        (of which dead rows), and the centroids its index uses (0: every page scored exactly)."""
+        from mmrank.patch_index import plan_lists
+
+        files = self.store.bind_patch_space(name, space.dim, space.multi_vector)
+        pages = len(self.store.patch_locations(name)[0])
+        live = self.store.patch_rows_stored(name)
+        return {"multi_vector": space.multi_vector, "pages": pages, "patch_bytes": files.bytes_on_disk(),
+                "dead_rows": sum(files.rows(s) for s in files.segments()) - live, "centroids": plan_lists(live)}
+
     # ----------------------------------------------------------------- encoders
-    def bind_encoder(self, space: str, encoder: str, dim: int, passages: PassageSplit | None = None) -> Space:
+    def bind_encoder(self, space: str, encoder: str, dim: int, passages: PassageSplit | None = None,
+                     multi_vector: str | None = None) -> Space:
         """Record which encoder fills ``space`` (and how a new text space splits texts into
-        ``passages``); refuse an encoder other than the recorded one. Returns the space as recorded."""
+        ``passages``, or, for a new late-interaction space, the type its patch vectors are stored
+        as: ``multi_vector``, float16 or float32); refuse an encoder other than the recorded one.
+        Returns the space as recorded."""
+        if multi_vector is not None:
+            check_dtype(multi_vector)
         with self.writing():
-            return self.manifest.bind_encoder(space, encoder, dim, passages)
+            bound = self.manifest.bind_encoder(space, encoder, dim, passages, multi_vector)
+        self._bind_patch_spaces()
+        return bound
+
+    def _bind_patch_spaces(self) -> None:
+        """Tell the store which spaces keep their vectors in patch files (as the manifest says)."""
+        for name, space in self.manifest.spaces.items():
+            if space.multi_vector is not None:
+                self.store.bind_patch_space(name, space.dim, space.multi_vector)
 
     def check_encoder(self, space: str, encoder: str, dim: int | None = None) -> None:
         """Raise EncoderMismatchError unless ``encoder`` is the one this space was built with."""
@@ -300,6 +327,19 @@ class Collection:
             self.check_encoder(space, encoder, self.manifest.space(space).dim)
         return self.indexes.search_vector_rows(space, queries, k, among=among, nprobe=nprobe, ef_search=ef_search)
 
+    def search_patch_rows(self, space: str, queries: Sequence[np.ndarray], k: int, *, encoder: str | None = None,
+                          among: Sequence[Iterable[str] | None] | None = None, nprobe: int | None = None,
+                          exhaustive: bool = False, maxsim_depth: int | None = None) -> list[RowHits]:
+        """The ``k`` best items of each query of token vectors ((tokens, dim) arrays) in the
+        late-interaction ``space`` by MaxSim: rows of :meth:`item_table` and exact scores, best
+        first. ``nprobe`` (centroids probed per query token), ``exhaustive`` (score every page)
+        and ``maxsim_depth`` (pages scored exactly) as in :class:`~mmrank.patch_index.PatchIndex`;
+        ``encoder`` and ``among`` as in :meth:`search_vectors`."""
+        if encoder is not None:
+            self.check_encoder(space, encoder, self.manifest.space(space).dim)
+        return self.indexes.search_patch_rows(space, queries, k, among=among, nprobe=nprobe, exhaustive=exhaustive,
+                                              maxsim_depth=maxsim_depth)
+
     def item_table(self) -> ItemTable:
         """A row number for every item (:class:`mmrank.columns.ItemTable`), for rankings held as arrays."""
         return self.indexes.item_table()
@@ -348,6 +388,7 @@ class Collection:
     def _checked(self, vectors: VectorBatch) -> VectorBatch:
         """The vectors as float32 matrices, each of its space's dimension and finite."""
         checked = {}
+        self._bind_patch_spaces()  # another process may have added a late-interaction space
         for space, (ids, matrix) in vectors.items():
             dim = self.manifest.space(space).dim
             matrix = np.ascontiguousarray(matrix, dtype=np.float32)

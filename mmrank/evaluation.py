@@ -15,6 +15,7 @@ from mmrank.datasets import RetrievalDataset
 from mmrank.datasets.base import Judgements
 from mmrank.errors import InputError
 from mmrank.indexing import ItemEncoder
+from mmrank.ingest import Skipped
 from mmrank.metrics import Found, counted_queries, found_in, parse_metric, score_found
 from mmrank.pipeline import Pipeline, RankedRows
 
@@ -31,19 +32,37 @@ class StageReport:
 
 
 def add_dataset_items(collection: Collection, dataset: RetrievalDataset, encoder: ItemEncoder,
-                      *, batch_size: int = 256, progress: bool = False) -> int:
+                      *, batch_size: int = 256, progress: bool = False,
+                      skipped: list[Skipped] | None = None) -> int:
     """Encode and store the dataset's items that the collection lacks (so an interrupted build
-    resumes), holding the collection's writer lock; returns how many were added."""
+    resumes), holding the collection's writer lock; returns how many were added. A batch that
+    fails to encode is encoded item by item, and an item that cannot be (a page image that does
+    not open, a page the model gives no vector for) is left out and appended to ``skipped``, as
+    ``mmrank index`` skips a bad page."""
     from tqdm.auto import tqdm
 
+    from mmrank.indexing import RUN_ERRORS, encode_one_by_one, merged
+
+    added = 0
     with collection.writing():
         present = collection.get_many(item.id for item in dataset.items)
         missing = [item for item in dataset.items if item.id not in present]
         for start in tqdm(range(0, len(missing), batch_size), desc="Encoding corpus", disable=not progress):
             batch = missing[start:start + batch_size]
-            collection.add(batch, encoder.encode(batch, collection))
+            try:
+                vectors = encoder.encode(batch, collection)
+            except RUN_ERRORS:
+                raise
+            except Exception:  # find the items that fail; the others go in
+                batch, parts, failed = encode_one_by_one(batch, lambda some: encoder.encode(some, collection))
+                vectors = merged(parts)
+                if skipped is not None:
+                    skipped.extend(failed)
+            if batch:
+                collection.add(batch, vectors)
+                added += len(batch)
         collection.build_indexes()
-    return len(missing)
+    return added
 
 
 PAIRS_PER_BATCH = 1 << 23

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from mmrank.item_store import ItemStore
     from mmrank.lexical import BM25Index, BM25Settings
     from mmrank.manifest import Manifest
+    from mmrank.patch_index import PatchIndex
 
 logger = logging.getLogger("mmrank")
 Hits = list[tuple[str, float]]
@@ -81,6 +82,7 @@ class IndexSet:
         self.placement: dict[str, Any] = {"device": device, "gpus": gpus, "multi_gpu": multi_gpu}
         self.lock = lock or WriterLock(folder)
         self._vectors: dict[str, VectorIndex] = {}
+        self._patches: dict[str, PatchIndex] = {}
         self._bm25: BM25Index | None = None
         self._part_counts: dict[str, int] = {}
         self._table: ItemTable | None = None
@@ -135,6 +137,39 @@ class IndexSet:
 
         return search_among(list(queries), among, search_all, search_subset)
 
+    def search_patch_rows(self, space: str, queries: Sequence[np.ndarray], k: int, *,
+                          among: Sequence[Iterable[str] | None] | None = None, nprobe: int | None = None,
+                          exhaustive: bool = False, maxsim_depth: int | None = None) -> list[RowHits]:
+        """The ``k`` best items of each query of token vectors (a (tokens, dim) array) in the
+        late-interaction ``space`` by MaxSim, as rows of :meth:`item_table` and exact scores,
+        best first (see :class:`~mmrank.patch_index.PatchIndex` for ``nprobe``, ``exhaustive`` and
+        ``maxsim_depth``). ``among`` restricts a query to the given item ids, all scored exactly."""
+        dim = self._patch_space(space).dim
+        _check_k(k)
+        queries = [np.atleast_2d(np.asarray(query, dtype=np.float32)) for query in queries]
+        wrong = sorted({query.shape[1] for query in queries if query.shape[1] != dim})
+        if wrong:
+            raise EncoderMismatchError(
+                f"{self.folder}: query token vectors have {wrong[0]} dimensions; the collection's {space} "
+                f"vectors have {dim}.")
+        among = list(among) if among is not None else [None] * len(queries)
+        if len(among) != len(queries):
+            raise InputError(f"among has {len(among)} entries for {len(queries)} queries; give one per query.")
+        index = self.patch_index(space)
+        if space not in self._label_row_cache:
+            self._label_row_cache[space] = self.item_table().rows(index.ids)
+        rows = self._label_row_cache[space]
+        found = index.search(queries, k, among=[None if ids is None else index.labels(list(ids)) for ids in among],
+                             nprobe=nprobe, exhaustive=exhaustive, maxsim_depth=maxsim_depth)
+        return [(rows[labels], scores) for labels, scores in found]
+
+    def _patch_space(self, space: str):
+        known = self.manifest.space(space)
+        if known.multi_vector is None:
+            raise CollectionError(f"{self.folder}: its {space} vectors are one per item, not a late-interaction "
+                                  "space of patch vectors; search them with search_vector_rows.")
+        return known
+
     def item_table(self) -> ItemTable:
         """Every item's row number, for rankings held as arrays (:mod:`mmrank.columns`), at the
         current revision."""
@@ -167,7 +202,9 @@ class IndexSet:
         rebuilt from the database (published when this process may write, else kept in memory)."""
         from mmrank.index import VectorIndex
 
-        self.manifest.space(space)  # CollectionError for a space the collection lacks
+        if self.manifest.space(space).multi_vector is not None:  # CollectionError for a missing space
+            raise CollectionError(f"{self.folder}: its {space} vectors are a late-interaction space (patch "
+                                  "vectors per page), searched with search_patch_rows, not a FAISS index.")
         self._forget_if_stale()
         if space not in self._vectors:
             def load(folder: Path) -> VectorIndex:
@@ -181,6 +218,23 @@ class IndexSet:
                 loaded = self._vectors.get(space) or self._load_published(space, load)
             self._vectors[space] = loaded or self._build_vector_index(space)
         return self._vectors[space]
+
+    def patch_index(self, space: str) -> PatchIndex:
+        """The late-interaction index of ``space``, found as :meth:`vector_index` finds a vector
+        index (published and current, else rebuilt)."""
+        from mmrank.patch_index import PatchIndex
+
+        files = self.store.bind_patch_space(space, self._patch_space(space).dim, self.manifest.space(space).multi_vector)
+        self._forget_if_stale()
+        if space not in self._patches:
+            def load(folder: Path) -> PatchIndex:
+                return PatchIndex.load(folder, files, device=self.placement["device"])
+
+            loaded = self._load_published(space, load)
+            if loaded is None and self._publish_rebuilt():
+                loaded = self._patches.get(space) or self._load_published(space, load)
+            self._patches[space] = loaded or self._build_patch_index(space)
+        return self._patches[space]
 
     def bm25_index(self) -> BM25Index:
         """The BM25 index over item texts, found as :meth:`vector_index` finds a vector index."""
@@ -227,16 +281,26 @@ class IndexSet:
         """Bring every index up to date with the database and publish them atomically; with
         ``repair``, also when a published index is missing or fails its checks (:meth:`damaged`);
         with ``force``, in any case. Returns what was (re)built. The caller holds the writer lock."""
+        if self._writable:
+            self._compact_patches()  # dead patch rows dropped: the revision moves on, the indexes follow
         revision = self.store.revision
         wanted = [*self.manifest.spaces, *([BM25] if self.store.has_text else [])]
         current = self.manifest.index_revision == revision and all(self._published(name) for name in wanted)
         if current and not force and not (repair and self.damaged()):
             return []
         (self.folder / "index").mkdir(exist_ok=True)
-        self._vectors, self._bm25, self._part_counts, self._revision = {}, None, {}, revision
+        previous = {space: self._previous_patch_index(space) for space, known in self.manifest.spaces.items()
+                    if known.multi_vector is not None}
+        self._vectors, self._patches, self._bm25, self._part_counts, self._revision = {}, {}, None, {}, revision
+        self._table, self._label_row_cache = None, {}
         files: dict[str, str] = {}
         for space in self.manifest.spaces:
             files[space] = f"index/{space}.r{revision}"
+            if space in previous:
+                patches = self._build_patch_index(space, previous[space])
+                patches.save(self.folder / files[space])
+                self._patches[space] = patches
+                continue
             index = self._build_vector_index(space, self.folder / files[space])
             index.save(self.folder / files[space])
             self._vectors[space] = index
@@ -252,18 +316,22 @@ class IndexSet:
 
     def forget(self) -> None:
         """Drop the loaded indexes (e.g. after the index type changed)."""
-        self._vectors, self._bm25, self._part_counts = {}, None, {}
+        self._vectors, self._patches, self._bm25, self._part_counts = {}, {}, None, {}
         self._table, self._label_row_cache = None, {}
 
     def damaged(self) -> list[str]:
         """The published indexes whose folder is missing or fails its own checks (files, checksum)."""
         from mmrank.index import verify_saved_index
         from mmrank.lexical import verify_saved_bm25
+        from mmrank.patch_index import verify_saved_patch_index
 
+        patch_spaces = {name for name, space in self.manifest.spaces.items() if space.multi_vector is not None}
         broken = []
         for name, relative in self.manifest.index_files.items():
+            verify = verify_saved_bm25 if name == BM25 else \
+                verify_saved_patch_index if name in patch_spaces else verify_saved_index
             try:
-                (verify_saved_bm25 if name == BM25 else verify_saved_index)(self.folder / relative)
+                verify(self.folder / relative)
             except CollectionError as error:
                 logger.warning("%s; rebuilding it from the database", error)
                 broken.append(name)
@@ -322,9 +390,52 @@ class IndexSet:
             ) from error
         return index
 
+    def _build_patch_index(self, space: str, previous: PatchIndex | None = None) -> PatchIndex:
+        """The late-interaction index of ``space`` over the patch rows the database records, at
+        the current revision; ``previous`` lends its centroids and page assignments (see
+        :meth:`~mmrank.patch_index.PatchIndex.build`)."""
+        from mmrank.patch_index import PatchIndex
+
+        known = self._patch_space(space)
+        files = self.store.bind_patch_space(space, known.dim, known.multi_vector)
+        ids, locations = self.store.patch_locations(space)
+        return PatchIndex.build(known.dim, ids, locations, files, previous=previous,
+                                device=self.placement["device"])
+
+    def _previous_patch_index(self, space: str) -> PatchIndex | None:
+        """The patch index of ``space`` loaded now or published last (at any revision), if sound."""
+        from mmrank.patch_index import PatchIndex
+
+        if space in self._patches:
+            return self._patches[space]
+        relative = self.manifest.index_files.get(space)
+        if relative is None or not (self.folder / relative).is_dir():
+            return None
+        known = self.manifest.space(space)
+        try:
+            return PatchIndex.load(self.folder / relative, self.store.bind_patch_space(space, known.dim,
+                                                                                      known.multi_vector))
+        except CollectionError:
+            return None
+
+    def _compact_patches(self) -> bool:
+        """Rewrite the patch files whose dead rows (left by removed or replaced items, or by a
+        killed build) outnumber the live ones and are more than 65,536 (a few dozen pages);
+        whether any was. The caller holds the writer lock."""
+        compacted = False
+        for name, space in self.manifest.spaces.items():
+            if space.multi_vector is None:
+                continue
+            files = self.store.bind_patch_space(name, space.dim, space.multi_vector)
+            dead = sum(files.rows(segment) for segment in files.segments()) - self.store.patch_rows_stored(name)
+            if dead > max(self.store.patch_rows_stored(name), 1 << 16):
+                compacted = bool(self.store.compact_patches(name)) or compacted
+        return compacted
+
     def plan(self, space: str, count: int | None = None) -> IndexPlan | None:
-        """What ``--index-factory auto`` chooses for ``space`` (None for a fixed factory)."""
-        if self.manifest.index_factory != AUTO:
+        """What ``--index-factory auto`` chooses for ``space`` (None for a fixed factory, and for a
+        late-interaction space, which plans its own: :func:`~mmrank.patch_index.plan_lists`)."""
+        if self.manifest.index_factory != AUTO or self.manifest.space(space).multi_vector is not None:
             return None
         if count is None:
             count = self.store.vector_count(space)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from mmrank.manifest import Space
 
 ImageEncoderSource = Callable[[], ImageEncoder]
+PATCHES = "patches"  # the late-interaction space: a page model's patch vectors
 # Errors that concern the whole run, not one file: they stop it.
 RUN_ERRORS = (CollectionError, ModelUnavailableError, MissingDependencyError, MemoryError)
 
@@ -63,7 +64,9 @@ class IndexReport:
 @dataclass
 class ItemEncoder:
     """Turns items into vectors: texts through the text encoder, images and (text-less, or all when
-    ``pages_as_images``) page renders through the image encoder, loaded only when first needed.
+    ``pages_as_images``) page renders through the image encoder, loaded only when first needed;
+    and, with a ``page_encoder`` (a late-interaction model such as ColQwen, or a function that
+    loads one), every page and image into its patch vectors, stored as ``patch_dtype``.
 
     A text longer than the text model reads is split into passages, one vector each
     (``passages``, by default :func:`default_passages` for the model's window). A collection's text
@@ -77,6 +80,8 @@ class ItemEncoder:
     passages: PassageSplit | None = None
     ocr: str = "auto"
     image_required: bool = True
+    page_encoder: Any = None
+    patch_dtype: str = "float16"
     image_problem: str | None = field(default=None, init=False)
 
     def spaces_for(self, item: Item) -> list[str]:
@@ -85,6 +90,8 @@ class ItemEncoder:
             spaces.append("text")
         if wants_picture(item, self.pages_as_images) and self.image_encoder is not None and self.image_problem is None:
             spaces.append("image")
+        if self.page_encoder is not None and item.kind in ("page", "image") and item.source is not None:
+            spaces.append(PATCHES)
         return spaces
 
     def ready_for(self, items: Sequence[Item]) -> None:
@@ -120,7 +127,7 @@ class ItemEncoder:
 
     def wanted(self, items: Sequence[Item]) -> dict[str, list[Item]]:
         """The items each space encodes (by :meth:`spaces_for`)."""
-        wanted: dict[str, list[Item]] = {"text": [], "image": []}
+        wanted: dict[str, list[Item]] = {"text": [], "image": [], PATCHES: []}
         for item in items:
             for space in self.spaces_for(item):
                 wanted[space].append(item)
@@ -138,7 +145,38 @@ class ItemEncoder:
             encoder = self.image()
             collection.bind_encoder("image", encoder.name, encoder.dim)
             vectors["image"] = self.image_vectors(wanted["image"], batch_size=batch_size)
+        if wanted[PATCHES]:
+            encoder = self.pages()
+            space = collection.bind_encoder(PATCHES, encoder.name, encoder.dim, multi_vector=self.patch_dtype)
+            if space.multi_vector is None:
+                raise CollectionError(f"{collection.path}: its {PATCHES} space holds one vector per item, so page "
+                                      "models cannot add patch vectors to it; build a new collection.")
+            vectors[PATCHES] = self.patch_vectors(wanted[PATCHES], batch_size=batch_size)
         return vectors
+
+    def pages(self) -> Any:
+        """The page model (loaded now when ``page_encoder`` is a function that loads it)."""
+        if callable(self.page_encoder) and not hasattr(self.page_encoder, "encode_pages"):
+            self.page_encoder = self.page_encoder()
+        return self.page_encoder
+
+    def patch_vectors(self, items: Sequence[Item], *, batch_size: int = 32,
+                      picture: Callable[[Item], ImageInput] | None = None) -> tuple[list[str], np.ndarray]:
+        """The patch vectors of ``items`` (pages and images), ``batch_size`` pictures at a time: one
+        row per patch, with the item id of each row. A picture the model gives no vector for (or
+        only non-finite ones) is an InputError naming it, so the item is skipped alone."""
+        encoder, picture = self.pages(), picture or self._image_of
+        ids, matrices = [], []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            for item, matrix in zip(chunk, encoder.encode_pages([picture(item) for item in chunk])):
+                if not len(matrix) or not np.isfinite(matrix).all():
+                    where = f"{item.source} (page {item.page})" if item.kind == "page" else item.source
+                    raise InputError(f"{where}: the page model {encoder.name} gave no usable vectors for it "
+                                     f"({len(matrix)} rows{'' if not len(matrix) else ', not all finite'}).")
+                ids.extend([item.id] * len(matrix))
+                matrices.append(matrix)
+        return ids, np.concatenate(matrices).astype(np.float32, copy=False)
 
     def text_vectors(self, items: Sequence[Item], passages: PassageSplit | None) -> tuple[list[str], np.ndarray]:
         """The text vectors of ``items``: one per passage of each text (split by ``passages``, the
@@ -179,6 +217,9 @@ class EncoderChoice:
     pages_as_images: bool = False
     dpi: int = DEFAULT_DPI
     ocr: str = "auto"
+    page_model: str | None = None
+    token_pooling: int = 1
+    patch_dtype: str = "float16"
 
     def item_encoder(self, spaces: Mapping[str, Space], device: str = "auto") -> ItemEncoder:
         """The encoders for a collection whose vector spaces are ``spaces``: a space's recorded
@@ -199,8 +240,23 @@ class EncoderChoice:
             return load_image_encoder(self.image_model, device=device, **tag)
 
         required = self.image_model is not None or self.pages_as_images or "image" in spaces
+        page_encoder = self.page_encoder(spaces, device)
+        if page_encoder is not None and not required:  # pages without text get patch vectors instead
+            image_encoder = None
         return ItemEncoder(text_encoder, image_encoder, pages_as_images=self.pages_as_images, dpi=self.dpi,
-                           ocr=self.ocr, image_required=required)
+                           ocr=self.ocr, image_required=required, page_encoder=page_encoder,
+                           patch_dtype=self.patch_dtype)
+
+    def page_encoder(self, spaces: Mapping[str, Space], device: str = "auto") -> Any:
+        """A function loading the late-interaction page model (the one named, else the one the
+        collection's patch space records), or None when there is neither."""
+        from mmrank.encoders import load_encoder_by_name, load_page_encoder
+
+        if self.page_model is None and PATCHES not in spaces:
+            return None
+        if self.page_model is None:
+            return lambda: load_encoder_by_name(spaces[PATCHES].encoder, device=device)
+        return lambda: load_page_encoder(self.page_model, pool_factor=self.token_pooling, device=device)
 
 
 def default_passages(max_tokens: int | None) -> PassageSplit:

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mmrank.errors import CollectionError, InputError, listing
+from mmrank.patch_files import FOLDER as PATCH_FOLDER
+from mmrank.patch_files import PatchFiles
 from mmrank.types import Item
 
 if TYPE_CHECKING:
@@ -48,6 +50,15 @@ INSERT OR IGNORE INTO meta VALUES ('revision', '0');
 _SKIPPED_PAGES = """
 CREATE TABLE IF NOT EXISTS skipped_pages (
     path TEXT NOT NULL, page INTEGER NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (path, page)
+);
+"""
+# Where the patch vectors of late-interaction spaces lie in their files (mmrank.patch_files): one
+# row per item and space, its rows start..start+count-1 of that space's file of the segment.
+_PATCH_ROWS = """
+CREATE TABLE IF NOT EXISTS patch_rows (
+    item_id TEXT NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+    space TEXT NOT NULL, segment INTEGER NOT NULL, start INTEGER NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (item_id, space)
 );
 """
 # Databases written before items could own several vectors per space lack vectors.part.
@@ -86,11 +97,16 @@ class ItemStore:
     blobs without checks: the caller checks shapes against the vector space first. An item may own
     several vectors in a space (a long page's passages): its ``part`` 0, 1, ... in the order given.
     A database from before parts existed is upgraded when it is opened.
+
+    A late-interaction space (:meth:`bind_patch_space`) keeps its vectors, one per page patch, in
+    patch files beside the database (:mod:`mmrank.patch_files`); the database records where each
+    item's rows lie, in the transaction that stores the item.
     """
 
     def __init__(self, path: Path, name: str | Path | None = None) -> None:
         self.path = path
         self.name = str(name or path)
+        self.patch_files: dict[str, PatchFiles] = {}
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
         try:
             self._db.execute("PRAGMA foreign_keys = ON")
@@ -107,7 +123,7 @@ class ItemStore:
     def create(cls, path: Path, name: str | Path | None = None) -> ItemStore:
         """A new, empty database at ``path``."""
         database = sqlite3.connect(path)
-        database.executescript(_SCHEMA + _SKIPPED_PAGES)
+        database.executescript(_SCHEMA + _SKIPPED_PAGES + _PATCH_ROWS)
         database.close()
         return cls(path, name)
 
@@ -120,6 +136,8 @@ class ItemStore:
         tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "skipped_pages" not in tables:
             self._db.execute(_SKIPPED_PAGES)
+        if "patch_rows" not in tables:
+            self._db.execute(_PATCH_ROWS)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(vectors)")}
         if "part" not in columns:
             self._db.execute("BEGIN IMMEDIATE")
@@ -142,10 +160,12 @@ class ItemStore:
 
     def counts(self) -> dict[str, object]:
         """Items, files and vectors per space."""
+        vectors = dict(self._db.execute("SELECT space, COUNT(*) FROM vectors GROUP BY space"))
+        vectors.update(self._db.execute("SELECT space, SUM(count) FROM patch_rows GROUP BY space"))
         return {
             "items": len(self),
             "files": self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0],
-            "vectors": dict(self._db.execute("SELECT space, COUNT(*) FROM vectors GROUP BY space")),
+            "vectors": vectors,
         }
 
     def skipped_pages(self, path: str | None = None) -> int:
@@ -268,6 +288,9 @@ class ItemStore:
 
     def _insert_vectors(self, vectors: VectorBatch) -> None:
         for space, (ids, matrix) in vectors.items():
+            if space in self.patch_files:
+                self._insert_patches(space, ids, matrix)
+                continue
             matrix = np.ascontiguousarray(matrix, dtype=np.float32)
             parts: Counter[str] = Counter()
             rows = []
@@ -275,6 +298,72 @@ class ItemStore:
                 rows.append((item_id, space, parts[item_id], row.tobytes()))
                 parts[item_id] += 1
             self._db.executemany("INSERT INTO vectors (item_id, space, part, vector) VALUES (?, ?, ?, ?)", rows)
+
+    def _insert_patches(self, space: str, ids: Sequence[str], matrix: np.ndarray) -> None:
+        """Append an item's rows (``ids`` names the item of each row; an item's rows are
+        consecutive) to the space's patch file and record where they lie."""
+        runs = _runs(ids)
+        if len({item_id for item_id, _, _ in runs}) != len(runs):
+            raise InputError(f"{self.name}: the {space} vectors of an item must come one after the other.")
+        if not runs:
+            return
+        segment, first = self.patch_files[space].append(matrix)
+        self._db.executemany("INSERT INTO patch_rows VALUES (?, ?, ?, ?, ?)",
+                             [(item_id, space, segment, first + start, count) for item_id, start, count in runs])
+
+    def bind_patch_space(self, space: str, dim: int, dtype: str) -> PatchFiles:
+        """Keep the vectors of ``space`` in patch files (``dtype``: float16 or float32) from now on."""
+        if space not in self.patch_files:
+            self.patch_files[space] = PatchFiles(self.path.parent / PATCH_FOLDER, space, dim, dtype)
+        return self.patch_files[space]
+
+    def patch_locations(self, space: str, ids: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """The items of the late-interaction ``space`` (in insertion order, or those among ``ids``
+        in the order given, once each) and where their rows lie: an (n, 3) int64 array of
+        (segment, first row, count)."""
+        if ids is None:
+            rows = self._db.execute("SELECT item_id, segment, start, count FROM patch_rows WHERE space = ? "
+                                    "ORDER BY rowid", (space,)).fetchall()
+        else:
+            by_id = {}
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                by_id.update((row[0], row) for row in self._db.execute(
+                    f"SELECT item_id, segment, start, count FROM patch_rows WHERE space = ? AND item_id IN "
+                    f"({_marks(chunk)})", [space, *chunk]))
+            rows = [by_id[i] for i in dict.fromkeys(ids) if i in by_id]
+        locations = np.array([row[1:] for row in rows], dtype=np.int64).reshape(-1, 3)
+        return [row[0] for row in rows], locations
+
+    def patch_rows_stored(self, space: str) -> int:
+        """How many patch rows the items of ``space`` own (live rows; the files may hold more)."""
+        return self._db.execute("SELECT COALESCE(SUM(count), 0) FROM patch_rows WHERE space = ?",
+                                (space,)).fetchone()[0]
+
+    def compact_patches(self, space: str) -> int:
+        """Rewrite the live rows of ``space`` into a new segment, in insertion order, point the
+        database at them (one transaction, which bumps the revision), then delete the old
+        segments; returns how many dead rows were dropped. Run under the writer lock."""
+        files = self.patch_files[space]
+        old = files.segments()
+        ids, locations = self.patch_locations(space)
+        dead = sum(files.rows(segment) for segment in old) - int(locations[:, 2].sum())
+        if not old or dead <= 0:
+            return 0
+        segment, moved = (old[-1] + 1), []
+        at = 0
+        for start in range(0, len(ids), 256):  # a few hundred pages (tens of MB) at a time
+            block = locations[start:start + 256]
+            files.append(files.read(block, dtype=None), segment=segment)
+            for item_id, count in zip(ids[start:start + 256], block[:, 2].tolist()):
+                moved.append((segment, at, count, item_id, space))
+                at += count
+        with self.transaction():
+            self._db.executemany("UPDATE patch_rows SET segment = ?, start = ?, count = ? WHERE item_id = ? "
+                                 "AND space = ?", moved)
+        files.forget_readers()
+        for stale in old:
+            files.path(stale).unlink(missing_ok=True)
+        return dead
 
     # ----------------------------------------------------------------- reading
     def get_many(self, ids: Iterable[str]) -> dict[str, Item]:
@@ -314,6 +403,10 @@ class ItemStore:
     def item_vectors(self, ids: Sequence[str], space: str, dim: int) -> tuple[list[str], np.ndarray]:
         """Every vector in ``space`` of the items ``ids`` (all their parts), one row each, with the
         item id of each row: items in the given order, parts in order."""
+        if space in self.patch_files:
+            found, locations = self.patch_locations(space, ids)
+            return np.repeat(np.array(found, dtype=object), locations[:, 2]).tolist(), \
+                self.patch_files[space].read(locations)
         by_id: dict[str, list[bytes]] = {}
         for chunk in _chunks(list(dict.fromkeys(ids))):
             rows = self._db.execute(
@@ -352,12 +445,25 @@ class ItemStore:
 
     def vector_count(self, space: str) -> int:
         """How many vectors ``space`` holds."""
+        if space in self.patch_files:
+            return self.patch_rows_stored(space)
         return self._db.execute("SELECT COUNT(*) FROM vectors WHERE space = ?", (space,)).fetchone()[0]
 
     def parts_per_item(self, space: str) -> int:
         """The most vectors one item owns in ``space`` (0 for an empty space)."""
         return self._db.execute("SELECT COALESCE(MAX(part) + 1, 0) FROM vectors WHERE space = ?",
                                 (space,)).fetchone()[0]
+
+
+def _runs(ids: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(id, first position, length) of each run of equal consecutive ids."""
+    runs: list[tuple[str, int, int]] = []
+    for position, item_id in enumerate(ids):
+        if runs and runs[-1][0] == item_id:
+            runs[-1] = (item_id, runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((item_id, position, 1))
+    return runs
 
 
 def _matrix(blobs: list[bytes], dim: int, writable: bool = True) -> np.ndarray:

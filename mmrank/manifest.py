@@ -21,18 +21,22 @@ DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes an index chosen by ``auto`` may occupy
 
 @dataclass(frozen=True)
 class Space:
-    """A vector space of the collection: which encoder made its vectors, their dimension, and for a
-    text space whose texts are split into passages, how (``passages``)."""
+    """A vector space of the collection: which encoder made its vectors, their dimension, for a
+    text space whose texts are split into passages, how (``passages``), and for a late-interaction
+    space (one vector per page patch, pages scored by MaxSim), the type its vectors are stored as
+    in patch files (``multi_vector``: ``float16`` or ``float32``; see :mod:`mmrank.patch_files`)."""
 
     name: str
     encoder: str
     dim: int
     passages: PassageSplit | None = None
+    multi_vector: str | None = None
 
 
 def _space(name: str, record: dict[str, Any]) -> Space:
     passages = record.get("passages")
-    return Space(name, record["encoder"], record["dim"], None if passages is None else PassageSplit.from_dict(passages))
+    return Space(name, record["encoder"], record["dim"], None if passages is None else PassageSplit.from_dict(passages),
+                 record.get("multi_vector"))
 
 
 class Manifest:
@@ -87,16 +91,20 @@ class Manifest:
             raise CollectionError(f"{self.folder}: the collection has no {name} vectors.")
         return _space(name, known)
 
-    def bind_encoder(self, space: str, encoder: str, dim: int, passages: PassageSplit | None = None) -> Space:
+    def bind_encoder(self, space: str, encoder: str, dim: int, passages: PassageSplit | None = None,
+                     multi_vector: str | None = None) -> Space:
         """Record which encoder fills ``space`` (and, for a new space, how its texts are split into
-        ``passages``); refuse an encoder other than the recorded one. Returns the space as
-        recorded: an existing space keeps its own passage split."""
+        ``passages``, or the type its patch vectors are stored as, ``multi_vector``); refuse an
+        encoder other than the recorded one. Returns the space as recorded: an existing space keeps
+        its own passage split and storage type."""
         if space in self.data["spaces"]:
             self.check_encoder(space, encoder, dim)
         else:
             record: dict[str, Any] = {"encoder": encoder, "dim": int(dim)}
             if passages is not None:
                 record["passages"] = passages.to_dict()
+            if multi_vector is not None:
+                record["multi_vector"] = multi_vector
             self.data["spaces"][space] = record
             self.write()
         return self.space(space)

@@ -42,6 +42,7 @@ import numpy as np
 from mmrank.errors import InputError
 from mmrank.indexing import (
     RUN_ERRORS,
+    PATCHES,
     EncoderChoice,
     IndexReport,
     encode_one_by_one,
@@ -119,6 +120,9 @@ def index_paths_on_ray(
     from tqdm.auto import tqdm
 
     check_workers(workers)
+    if choice.page_model is not None or PATCHES in collection.spaces:
+        raise InputError(f"{collection.path}: late-interaction page models (--page-model, the {PATCHES} space) do not "
+                         "run on Ray yet; index without --ray (nothing was written).")
     start = time.perf_counter()
     paths = [Path(path) for path in paths]
     files, skipped = discover(paths)

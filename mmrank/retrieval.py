@@ -5,7 +5,10 @@ Paths:
 - ``bm25``: the query text through BM25 over item texts;
 - ``image``: the query image (or the query text, through the image model's text tower) over the
   image vectors of images and page renders. A reference image plus a modification text is fused
-  into one composed query vector.
+  into one composed query vector;
+- ``patches``: the query text through a late-interaction page model (ColPali, ColQwen) into token
+  vectors, over the pages' patch vectors, scored by MaxSim (:mod:`mmrank.patch_index`: candidate
+  pages from patch centroids, then exact MaxSim over the best of them).
 
 Each hit records every path's score and rank and names the paths that found it, so an item
 without text that only its image embedding found says so.
@@ -29,7 +32,7 @@ from mmrank.columns import ItemTable, RowHits, from_hits, positions, without_row
 from mmrank.fusion import FUSION_METHODS, compose_query_vector, fuse_rows
 from mmrank.types import Hit, Item, Query, Ranking, StageScore
 
-PATHS = ("text", "bm25", "image")
+PATHS = ("text", "bm25", "image", "patches")
 STAGE = "retrieve"
 
 
@@ -39,7 +42,12 @@ class HybridRetriever:
 
     When only one path applies, its own scores are kept. ``alpha`` weighs the modification text
     against the reference image in composed queries. ``nprobe`` / ``ef_search`` set how widely an
-    IVF / HNSW index is searched (None: the breadth saved with the index; exact indexes ignore them).
+    IVF / HNSW index is searched (None: the breadth saved with the index; exact indexes ignore them);
+    on the ``patches`` path ``nprobe`` is the centroids probed per query token.
+
+    The ``patches`` path scores exactly, by MaxSim, the ``maxsim_depth`` pages (at least ``depth``;
+    None: 200) that its candidate generation ranks best, or, with ``exhaustive``, every page (for
+    checking the candidates: slower, same scores).
     """
 
     paths: Sequence[str] = PATHS
@@ -50,6 +58,8 @@ class HybridRetriever:
     alpha: float = 0.8
     nprobe: int | None = None
     ef_search: int | None = None
+    maxsim_depth: int | None = None
+    exhaustive: bool = False
     name: str = field(default=STAGE, init=False)
 
     def __post_init__(self) -> None:
@@ -58,8 +68,10 @@ class HybridRetriever:
             raise InputError(f"Unknown retrieval paths {sorted(unknown)}; choose from {', '.join(PATHS)}.")
         if self.fusion not in FUSION_METHODS:
             raise InputError(f"Unknown fusion method '{self.fusion}'; choose one of {', '.join(FUSION_METHODS)}.")
-        for option in ("nprobe", "ef_search"):
+        for option in ("nprobe", "ef_search", "maxsim_depth"):
             at_least_one(option, getattr(self, option))
+        if not isinstance(self.exhaustive, bool):
+            raise InputError(f"exhaustive is true or false; got {self.exhaustive!r}.")
 
     def to_config(self) -> dict[str, Any]:
         """The options that build this retriever again."""
@@ -120,6 +132,8 @@ class HybridRetriever:
                 return "text" in spaces and query.search_text is not None
             if path == "bm25":
                 return has_text and query.search_text is not None
+            if path == "patches":
+                return "patches" in spaces and query.search_text is not None
             return "image" in spaces and (query.image is not None or image_text)
         return usable
 
@@ -129,8 +143,9 @@ class HybridRetriever:
         return fuse_rows(results, self.fusion, self.weights, self.rrf_k)
 
     def _search_path(self, path: str, queries: Sequence[Query], collection: Collection,
-                     depth: int) -> tuple[list[RowHits], np.ndarray | None]:
-        """Each query's hits on one path, and the query vectors it searched with (None for BM25)."""
+                     depth: int) -> tuple[list[RowHits], Sequence[np.ndarray] | None]:
+        """Each query's hits on one path, and the query vectors it searched with (None for BM25;
+        a (tokens, dim) array per query on the patches path)."""
         texts = [query.search_text for query in queries]
         among = [query.candidates for query in queries]
         wider = depth + max(len(query.excluded) for query in queries)
@@ -138,6 +153,13 @@ class HybridRetriever:
         if path == "bm25":
             found = [from_hits(table, hits) for hits in collection.search_bm25(texts, wider, among=among)]
             return without_excluded_rows(queries, found, table, depth), None
+        if path == "patches":
+            encoder = collection.encoder("patches")
+            tokens = encoder.encode_queries(texts)
+            found = collection.search_patch_rows(path, tokens, wider, encoder=encoder.name, among=among,
+                                                 nprobe=self.nprobe, exhaustive=self.exhaustive,
+                                                 maxsim_depth=self.maxsim_depth)
+            return without_excluded_rows(queries, found, table, depth), tokens
         if path == "text":
             encoder = collection.encoder("text")
             vectors = encoder.encode_texts(texts)

@@ -130,3 +130,8 @@ def test_faiss_multi_gpu_without_a_faiss_gpu_build_is_skipped(gpu_check):
         pytest.skip("this FAISS build has GPU support")
     [row] = gpu_check.faiss_multi_gpu(100, 8, 4, 3)
     assert (row.result, row.status) == ("skipped: no faiss GPU build", "skipped")
+
+
+def test_the_maxsim_check_compares_the_torch_path_with_numpy(gpu_check):
+    [row] = gpu_check.maxsim_check(6, 50, 16, 2, "cpu", 1)
+    assert row.status == "pass" and "pages/s on cpu" in row.result

@@ -20,6 +20,7 @@ from mmrank.errors import InputError, ModelUnavailableError
 if TYPE_CHECKING:
     from mmrank.encoders.base import Encoder, ImageEncoder, TextEncoder, l2_normalize
     from mmrank.encoders.clip import OpenClipEncoder
+    from mmrank.encoders.colvision import ColVisionEncoder
     from mmrank.encoders.gem import GemEncoder
     from mmrank.encoders.text import SentenceTransformerEncoder
 
@@ -30,6 +31,7 @@ DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # identity kind -> "module:Class" (imported only when an encoder of that kind is needed), or a class.
 ENCODERS: dict[str, str | type] = {
     "open_clip": "mmrank.encoders.clip:OpenClipEncoder",
+    "colvision": "mmrank.encoders.colvision:ColVisionEncoder",
     "gem": "mmrank.encoders.gem:GemEncoder",
     "sentence-transformers": "mmrank.encoders.text:SentenceTransformerEncoder",
 }
@@ -94,10 +96,14 @@ def load_encoder_by_name(identity: str, **options: Any) -> Encoder:
 
 def _registered_identity(model: str | None, modality: str) -> bool:
     """Whether ``model`` is an identity of a registered kind (InputError when that encoder does not
-    encode ``modality``)."""
+    encode ``modality`` into one vector each: a late-interaction page model goes to
+    :func:`load_page_encoder`)."""
     kind, separator, _ = (model or "").partition(":")
     if not separator or kind not in ENCODERS:
         return False
+    if getattr(encoder_class(kind), "multi_vector", False):
+        raise InputError(f"{model!r} is a late-interaction page model (a vector per patch, scored by MaxSim): "
+                         "give it as the page model (mmrank index --page-model), not as an image or text model.")
     if modality not in modalities(model):
         raise InputError(f"{model!r} does not encode {modality}s; choose a model that does.")
     return True
@@ -133,7 +139,25 @@ def load_text_encoder(model: str | None = None, **options: Any) -> TextEncoder:
     return SentenceTransformerEncoder(model or DEFAULT_TEXT_MODEL, **options)
 
 
+def load_page_encoder(model: str, *, pool_factor: int = 1, **options: Any) -> Encoder:
+    """A late-interaction page model (one vector per page patch and per query token, scored by
+    MaxSim): a ColPali / ColQwen2 checkpoint in transformers' format (a Hugging Face id, a local
+    folder, or ``colpali`` / ``colqwen2``), or an identity of a registered multi-vector kind.
+    ``pool_factor`` > 1 pools each page's vectors (see :mod:`mmrank.encoders.token_pooling`);
+    ``options`` go to the encoder (``device``, ``dtype``, ``batch_size``)."""
+    kind, separator, _ = model.partition(":")
+    if separator and kind in ENCODERS:
+        if not getattr(encoder_class(kind), "multi_vector", False):
+            raise InputError(f"{model!r} gives one vector per item; a page model gives one per patch "
+                             "(e.g. colqwen2, colpali or a ColPali / ColQwen2 checkpoint).")
+        return load_encoder_by_name(model, **({"pool_factor": pool_factor} if pool_factor > 1 else {}), **options)
+    from mmrank.encoders.colvision import ColVisionEncoder
+
+    return ColVisionEncoder(model, pool_factor=pool_factor, **options)
+
+
 __all__ = [
+    "ColVisionEncoder",
     "DEFAULT_IMAGE_MODEL",
     "DEFAULT_IMAGE_PRETRAINED",
     "DEFAULT_TEXT_MODEL",
@@ -149,6 +173,7 @@ __all__ = [
     "l2_normalize",
     "load_encoder_by_name",
     "load_image_encoder",
+    "load_page_encoder",
     "load_text_encoder",
     "modalities",
     "register_encoder",
