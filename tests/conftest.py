@@ -90,6 +90,23 @@ def tiny_mllm(tiny_mllm_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def tiny_llm_dir() -> Path:
+    """The tiny random-weight Qwen3 causal LM committed under tests/fixtures (``python -m
+    tests.tiny_llm`` rebuilds it)."""
+    from tests.tiny_llm import FIXTURE_DIR as LLM_DIR
+
+    return LLM_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tiny_llm_dir: Path):
+    """The tiny Qwen3 as a text LLM backend (HFLanguageModel), on the CPU in float32."""
+    from mmrank.mllm import load_mllm
+
+    return load_mllm(str(tiny_llm_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
 def photos(tmp_path_factory: pytest.TempPathFactory, tiny_clip):
     """A collection of the bundled sample photos (assets/images) under the tiny CLIP; read-only."""
     from mmrank.collection import Collection

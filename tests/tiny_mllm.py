@@ -89,8 +89,9 @@ def _train_bpe(vocab_size: int = 420) -> tuple[dict[str, int], list[tuple[str, s
     return model["vocab"], [tuple(merge) for merge in model["merges"]]
 
 
-def build_tiny_tokenizer() -> Qwen2Tokenizer:
-    """The Qwen2 tokenizer over the tiny BPE, with Qwen's special tokens and the added words."""
+def build_tiny_tokenizer(chat_template: str = QWEN2_VL_CHAT_TEMPLATE,
+                         added_words: list[str] = ADDED_WORDS) -> Qwen2Tokenizer:
+    """The Qwen2 tokenizer over the tiny BPE, with Qwen's special tokens and ``added_words``."""
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
 
@@ -99,16 +100,16 @@ def build_tiny_tokenizer() -> Qwen2Tokenizer:
         vocab=vocab,
         merges=merges,
         extra_special_tokens=QWEN_SPECIAL_TOKENS[1:],
-        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        chat_template=chat_template,
         model_max_length=4096,
     )
-    tokenizer.add_tokens([AddedToken(word, special=False, normalized=False) for word in ADDED_WORDS])
-    _check_single_tokens(tokenizer)
+    tokenizer.add_tokens([AddedToken(word, special=False, normalized=False) for word in added_words])
+    _check_single_tokens(tokenizer, added_words)
     return tokenizer
 
 
-def _check_single_tokens(tokenizer: Qwen2Tokenizer) -> None:
-    required = [f"{space}{word}" for word in CHOICE_WORDS for space in ("", " ")] + ADDED_WORDS + SINGLE_BYTES
+def _check_single_tokens(tokenizer: Qwen2Tokenizer, added_words: list[str]) -> None:
+    required = [f"{space}{word}" for word in CHOICE_WORDS for space in ("", " ")] + added_words + SINGLE_BYTES
     split = [word for word in required if len(tokenizer.encode(word, add_special_tokens=False)) != 1]
     if split:
         raise AssertionError(f"Not single tokens in the tiny tokenizer: {split}")

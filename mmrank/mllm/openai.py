@@ -22,14 +22,23 @@ add_generation_prompt=False`` in the request body: vLLM's convention (SGLang acc
 fields) for continuing that message rather than starting a new one. The template may trim
 trailing spaces of the prefix.
 
-``choice_probability`` asks for one token with ``logprobs`` and ``top_logprobs``; a choice the
-server does not list among its top tokens gets probability 0. vLLM caps ``top_logprobs`` at its
-``--max-logprobs`` (20 by default).
+``choice_probability`` and ``token_logprobs`` ask for one token with ``logprobs`` and
+``top_logprobs``; a choice or token the server does not list among its top tokens gets probability
+0 (log-probability -inf, logged at debug level). vLLM caps ``top_logprobs`` at its
+``--max-logprobs`` (20 by default): a FIRST window of 20 labels needs every one of them listed, so
+start vLLM with a higher ``--max-logprobs`` and raise ``top_logprobs`` to match.
+``generate(top_logprobs=k)`` reads each generated token's alternatives the same way.
+
+Not over HTTP: ``sequence_logprob`` (the chat API does not score a given continuation) and
+prompts written out as strings (the server applies its own chat template); both raise InputError
+that says to use a local model. ``chat_template_options`` travel as vLLM's
+``chat_template_kwargs``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -47,6 +56,7 @@ from mmrank.mllm.base import (
     Usage,
     check_conversations,
     check_generation_options,
+    check_tokens,
     choice_variants,
     softmax_rows,
 )
@@ -55,6 +65,7 @@ _T = TypeVar("_T")
 _IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
 _COMPLETION = "an OpenAI chat completion"
 _MODEL_LIST = "an OpenAI model list"
+logger = logging.getLogger("mmrank")
 
 
 class OpenAICompatibleModel:
@@ -76,6 +87,8 @@ class OpenAICompatibleModel:
     list) as promised.
     """
 
+    accepts_images = True  # the server decides: a text-only model answers 400
+
     def __init__(
         self,
         base_url: str,
@@ -88,6 +101,7 @@ class OpenAICompatibleModel:
         concurrency: int = 8,
         image_format: str = "png",
         max_pixels: int | None = None,
+        chat_template_options: dict[str, Any] | None = None,
     ) -> None:
         if image_format not in _IMAGE_FORMATS:
             raise InputError(f"image_format must be 'png' or 'jpeg'; got {image_format!r}.")
@@ -107,6 +121,7 @@ class OpenAICompatibleModel:
         self.concurrency = concurrency
         self.image_format = image_format
         self.max_pixels = max_pixels
+        self.chat_template_options = dict(chat_template_options or {})
         self.usage = Usage()
         self._client = openai.OpenAI(
             base_url=self.base_url,
@@ -141,18 +156,23 @@ class OpenAICompatibleModel:
         max_new_tokens: int = 128,
         temperature: float = 0.0,
         assistant_prefix: str = "",
+        top_logprobs: int = 0,
     ) -> list[Generation]:
         """One chat completion per conversation (``concurrency`` at a time); greedy at temperature 0."""
         conversations = check_conversations(conversations)
-        check_generation_options(max_new_tokens, temperature)
+        check_generation_options(max_new_tokens, temperature, top_logprobs)
+        options: dict[str, Any] = {"logprobs": True, "top_logprobs": top_logprobs} if top_logprobs else {}
 
         def complete(conversation: Conversation) -> Generation:
             reply = self._complete(
-                conversation, assistant_prefix, max_tokens=max_new_tokens, temperature=temperature
+                conversation, assistant_prefix, max_tokens=max_new_tokens, temperature=temperature, **options
             )
-            message = self._choice(reply)["message"]
+            choice = self._choice(reply)
+            steps = self._steps(choice) if top_logprobs else []
             return Generation(
-                message["content"] or "", _tokens(reply, "prompt_tokens"), _tokens(reply, "completion_tokens")
+                choice["message"]["content"] or "", _tokens(reply, "prompt_tokens"),
+                _tokens(reply, "completion_tokens"), tuple(token for token, _ in steps),
+                tuple(top for _, top in steps),
             )
 
         results = self._map(complete, conversations)
@@ -187,11 +207,45 @@ class OpenAICompatibleModel:
             return np.zeros((0, len(variants)), dtype=np.float64)
         return softmax_rows(np.stack([row for row, _ in scored]))
 
+    def token_logprobs(
+        self, conversations: Sequence[Conversation], tokens: Sequence[str], *, assistant_prefix: str = "",
+        top_k: int | None = None,
+    ) -> np.ndarray:
+        """Log P(token) of each of ``tokens`` (exact token texts) as the next token, read from the
+        server's ``top_logprobs`` (at most ``top_k`` of them): -inf for a token not listed."""
+        conversations = check_conversations(conversations)
+        tokens = check_tokens(tokens)
+        listed = min(self.top_logprobs, top_k) if top_k is not None else self.top_logprobs
+
+        def score(conversation: Conversation) -> tuple[np.ndarray, int]:
+            reply = self._complete(conversation, assistant_prefix, max_tokens=1, temperature=0.0,
+                                   logprobs=True, top_logprobs=listed)
+            by_text: dict[str, float] = {}
+            for token, logprob in self._top_logprobs(self._choice(reply)):
+                by_text.setdefault(token, logprob)
+            missing = [token for token in tokens if token not in by_text]
+            if missing:
+                logger.debug("%s: %s not among the top %d next tokens; their log-probability is -inf",
+                             self.name, missing, listed)
+            return np.array([by_text.get(token, -np.inf) for token in tokens]), _tokens(reply, "prompt_tokens")
+
+        scored = self._map(score, conversations)
+        self.usage.input_tokens += sum(count for _, count in scored)
+        return np.stack([row for row, _ in scored]) if scored else np.zeros((0, len(tokens)), dtype=np.float64)
+
+    def sequence_logprob(
+        self, conversations: Sequence[Conversation], continuations: Sequence[str], *, assistant_prefix: str = ""
+    ) -> np.ndarray:
+        """Not available over the chat API: InputError."""
+        raise InputError(f"{self.name} cannot score given continuations (the chat completions API only scores "
+                         "what it generates): run the model locally, or use single-token identifiers.")
+
     # ----------------------------------------------------------------- requests
     def _map(self, request: Callable[[Conversation], _T], conversations: list[Conversation]) -> list[_T]:
         """``request`` over every conversation, ``concurrency`` at a time, results in order. The
         first request to fail (after its retries) raises, and the requests not yet sent are dropped."""
         self.usage.calls += 1
+        self.usage.prompts += len(conversations)
         if not conversations:
             return []
         failures: list[BaseException] = []
@@ -216,10 +270,18 @@ class OpenAICompatibleModel:
 
     def _complete(self, conversation: Conversation, assistant_prefix: str, **options: Any) -> dict[str, Any]:
         """One chat completion request; its reply as a JSON object (ModelReplyError otherwise)."""
+        if isinstance(conversation, str):
+            raise InputError(f"{self.name} applies its own chat template, so it cannot take a prompt written out "
+                             "as a string: run the model locally (its prompt is then read as it is).")
         messages = [self._message(message) for message in conversation]
+        extra: dict[str, Any] = {}
         if assistant_prefix:
             messages.append({"role": "assistant", "content": assistant_prefix})
-            options["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+            extra.update(continue_final_message=True, add_generation_prompt=False)
+        if self.chat_template_options:
+            extra["chat_template_kwargs"] = self.chat_template_options
+        if extra:
+            options["extra_body"] = extra
         raw = self._client.chat.completions.with_raw_response.create(model=self.model, messages=messages, **options)
         return self._reply(raw, _COMPLETION)
 
@@ -258,14 +320,14 @@ class OpenAICompatibleModel:
             raise self._bad_reply(_COMPLETION, f"a message without a text 'content' ({_excerpt(message)})")
         return choice
 
-    def _top_logprobs(self, choice: dict[str, Any]) -> list[tuple[str, float]]:
-        """The first generated token's ``top_logprobs`` as (token, logprob) pairs, checked."""
+    def _top_logprobs(self, choice: dict[str, Any], step: int = 0) -> list[tuple[str, float]]:
+        """Generated token ``step``'s ``top_logprobs`` as (token, logprob) pairs, checked."""
         logprobs = choice.get("logprobs")
         content = logprobs.get("content") if isinstance(logprobs, dict) else None
-        if not isinstance(content, list) or not content:
+        if not isinstance(content, list) or len(content) <= step:
             raise self._bad_reply(_COMPLETION, "no 'logprobs' for the generated token, though the request "
                                                f"asked for logprobs and top_logprobs={self.top_logprobs}")
-        first = content[0]
+        first = content[step]
         top = first.get("top_logprobs") if isinstance(first, dict) else None
         if not isinstance(top, list) or not top:
             raise self._bad_reply(_COMPLETION, "no 'top_logprobs' for the generated token, though the request "
@@ -279,6 +341,21 @@ class OpenAICompatibleModel:
                                                    f"({_excerpt(entry)})")
             pairs.append((token, float(logprob)))
         return pairs
+
+    def _steps(self, choice: dict[str, Any]) -> list[tuple[str, tuple[tuple[str, float], ...]]]:
+        """Each generated token and its ``top_logprobs`` as (token, ((token, logprob), ...)), checked."""
+        logprobs = choice.get("logprobs")
+        content = logprobs.get("content") if isinstance(logprobs, dict) else None
+        if not isinstance(content, list):
+            raise self._bad_reply(_COMPLETION, "no 'logprobs' for the generated tokens, though the request asked "
+                                               "for logprobs")
+        steps = []
+        for index, entry in enumerate(content):
+            token = entry.get("token") if isinstance(entry, dict) else None
+            if not isinstance(token, str):
+                raise self._bad_reply(_COMPLETION, f"a 'logprobs' entry without a token ({_excerpt(entry)})")
+            steps.append((token, tuple(self._top_logprobs(choice, index))))
+        return steps
 
     def _bad_reply(self, expected: str, problem: str) -> ModelReplyError:
         """The one-line error for a reply that is not ``expected``, saying what is wrong with it."""

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mmrank.errors import InputError
 from mmrank.mllm.base import check_generation_options
-from mmrank.mllm.parsing import ParsedRanking, parse_answer_ranking
+from mmrank.mllm.parsing import parse_answer_ranking
 from mmrank.mllm.prompts import REASONING_IMAGE_LABEL, REASONING_SYSTEM_PROMPT, REASONING_TEMPLATE
-from mmrank.rerankers.base import HeadPlace, at_least_one, reorder_head
+from mmrank.rerankers.base import at_least_one
+from mmrank.rerankers.listwise import Window, WindowProgress, slide_windows, window_schedule
 from mmrank.rerankers.mllm_stage import PictureMLLMReranker
 
 if TYPE_CHECKING:
@@ -32,37 +32,10 @@ if TYPE_CHECKING:
     from mmrank.mllm import Conversation, VisionLanguageModel
     from mmrank.types import Item, Query, Ranking
 
+__all__ = ["MMR5_MODEL", "ReasoningReranker", "Window", "window_schedule"]
+
 MMR5_MODEL = "i2vec/MM-R5"
 MMR5_MAX_PIXELS = 1280 * 28 * 28
-Window = tuple[int, int]
-
-
-def window_schedule(count: int, window: int, stride: int) -> list[Window]:
-    """The ``[start, end)`` windows over ``count`` candidates, in the order they are ranked: from the
-    end of the list to the front, ``stride`` apart, the last one starting at 0 (none for fewer than
-    two candidates)."""
-    if count <= window:
-        return [(0, count)] if count >= 2 else []
-    starts = [*range(count - window, 0, -stride), 0]
-    return [(start, start + window) for start in starts]
-
-
-@dataclass
-class _Progress:
-    """One ranking on its way through the windows: ``order`` holds head positions (indices into
-    the incoming hits), ``notes`` what went wrong per head position."""
-
-    ranking: Ranking
-    question: str
-    schedule: list[Window]
-    order: list[int]
-    notes: dict[int, list[str]] = field(default_factory=dict)
-    explanations: list[str] = field(default_factory=list)
-
-    def note(self, positions: Sequence[int], text: str) -> None:
-        for position in positions:
-            self.notes.setdefault(position, []).append(text)
-
 
 @dataclasses.dataclass(kw_only=True)
 class ReasoningReranker(PictureMLLMReranker):
@@ -131,21 +104,15 @@ class ReasoningReranker(PictureMLLMReranker):
         """Slide the windows over every ranking; window k of all rankings go to the model together.
         A ranking in a call that fails keeps its incoming order and is not asked again."""
         calls = self.model_calls(rankings)
-        progress: list[_Progress] = []
+        progress: list[WindowProgress] = []
         if calls.model is not None:
             progress = [
-                _Progress(ranking, self.question(query), self.schedule(len(ranking)),
+                WindowProgress(ranking, self.question(query), self.schedule(len(ranking)),
                           list(range(min(self.depth, len(ranking)))))
                 for query, ranking in zip(queries, rankings, strict=True)]
-        for step in range(max((len(p.schedule) for p in progress), default=0)):
-            active = [row for row, p in enumerate(progress) if step < len(p.schedule) and row not in calls.lost]
-            size = self.batch_size or max(1, len(active))
-            for begin in range(0, len(active), size):
-                rows = active[begin:begin + size]
-                calls.ask(rows, self._step, step, [progress[row] for row in rows])
-        return calls.results(lambda row: self._result(progress[row]))
+        return slide_windows(calls, progress, self.batch_size, self._step)
 
-    def _step(self, model: VisionLanguageModel, step: int, progress: list[_Progress]) -> None:
+    def _step(self, model: VisionLanguageModel, step: int, progress: list[WindowProgress]) -> None:
         """Ask for window ``step`` of every ranking in ``progress`` and apply the answers."""
         conversations, asked = [], []
         for entry in progress:
@@ -165,25 +132,4 @@ class ReasoningReranker(PictureMLLMReranker):
                                      temperature=self.temperature)
         for entry, generation in zip(asked, generations, strict=True):
             begin, end = entry.schedule[step]
-            parsed = parse_answer_ranking(generation.text, end - begin)
-            positions = entry.order[begin:end]
-            entry.order[begin:end] = [positions[index] for index in parsed.order]
-            entry.explanations.append(parsed.reasoning)
-            note = _window_note(parsed, end - begin)
-            if note:
-                entry.note(positions, f"window {step + 1}: {note}")
-
-    def _result(self, entry: _Progress) -> Ranking:
-        head = [HeadPlace(position, 1.0 / rank, " | ".join(entry.notes.get(position, [])) or None)
-                for rank, position in enumerate(entry.order, start=1)]
-        return entry.ranking.with_stage(self.name, reorder_head(entry.ranking, head, len(entry.order)),
-                                        explanations=entry.explanations)
-
-
-def _window_note(parsed: ParsedRanking, size: int) -> str | None:
-    """What a window's hits should say about its answer: a failure, a partial answer, or nothing."""
-    if parsed.failure is not None:
-        return f"answer not parsed: {parsed.failure}; kept the incoming order"
-    if not parsed.complete:
-        return f"model ranked {len(parsed.parsed_ids)} of {size}; the rest kept their order"
-    return None
+            entry.apply(step, parse_answer_ranking(generation.text, end - begin))

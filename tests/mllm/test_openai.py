@@ -112,14 +112,20 @@ class TinyQwenServer:
         tokenizer = self.processor.tokenizer
         with torch.inference_mode():
             if body.get("logprobs"):
-                logprobs = torch.log_softmax(self.model(**inputs).logits[0, -1].double(), dim=-1)
-                top = torch.topk(logprobs, min(body["top_logprobs"], logprobs.numel()))
-                entries = [
-                    {"token": tokenizer.decode([index]), "logprob": value}
-                    for value, index in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-                ]
-                new_tokens = top.indices[:1]  # the greedy token
-                choice_logprobs = {"content": [{**entries[0], "top_logprobs": entries}]}
+                output = self.model.generate(**inputs, max_new_tokens=body["max_tokens"], do_sample=False,
+                                             output_logits=True, return_dict_in_generate=True)
+                new_tokens = output.sequences[0, prompt_tokens:]
+                steps = []
+                for token, logits in zip(new_tokens.tolist(), output.logits, strict=True):
+                    logprobs = torch.log_softmax(logits[0].double(), dim=-1)
+                    top = torch.topk(logprobs, min(body["top_logprobs"], logprobs.numel()))
+                    entries = [
+                        {"token": tokenizer.decode([index]), "logprob": value}
+                        for value, index in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+                    ]
+                    steps.append({"token": tokenizer.decode([token]), "logprob": float(logprobs[token]),
+                                  "top_logprobs": entries})
+                choice_logprobs = {"content": steps}
             else:
                 output = self.model.generate(**inputs, max_new_tokens=body["max_tokens"], do_sample=False)
                 new_tokens = output[0, prompt_tokens:]
@@ -262,6 +268,46 @@ def test_generation_equals_the_hf_backend(
         served = client.generate(conversations, max_new_tokens=10, assistant_prefix=prefix)
         assert served == tiny_mllm.generate(conversations, max_new_tokens=10, assistant_prefix=prefix)
         assert len({generation.text for generation in served}) > 1
+
+
+def test_token_logprobs_equal_the_hf_backend(
+    client: OpenAICompatibleModel, tiny_mllm: HFVisionLanguageModel
+) -> None:
+    conversations = sample_conversations(4, seed=11)
+    tokens = ["A", "B", "Yes", "1"]
+    served = client.token_logprobs(conversations, tokens, assistant_prefix="[")
+    local = tiny_mllm.token_logprobs(conversations, tokens, assistant_prefix="[")
+    np.testing.assert_allclose(served, local, atol=1e-4)
+    # Tokens outside the listed top ones come back as -inf, as the local backend's top_k gives them.
+    few = client.token_logprobs(conversations, tokens, assistant_prefix="[", top_k=3)
+    np.testing.assert_array_equal(np.isneginf(few), np.isneginf(tiny_mllm.token_logprobs(
+        conversations, tokens, assistant_prefix="[", top_k=3)))
+
+
+def test_generation_with_top_logprobs_equals_the_hf_backend(
+    client: OpenAICompatibleModel, tiny_mllm: HFVisionLanguageModel
+) -> None:
+    conversations = sample_conversations(3, seed=2)
+    served = client.generate(conversations, max_new_tokens=4, top_logprobs=3)
+    local = tiny_mllm.generate(conversations, max_new_tokens=4, top_logprobs=3)
+    for remote, here in zip(served, local, strict=True):
+        assert remote.text == here.text and remote.tokens == here.tokens and len(remote.tokens) == 4
+        for remote_step, local_step in zip(remote.top_logprobs, here.top_logprobs, strict=True):
+            assert [token for token, _ in remote_step] == [token for token, _ in local_step]
+            np.testing.assert_allclose([value for _, value in remote_step], [value for _, value in local_step],
+                                       atol=1e-4)
+
+
+def test_what_the_chat_api_cannot_do_is_refused_with_a_way_out(
+    client: OpenAICompatibleModel, server: TinyQwenServer
+) -> None:
+    with pytest.raises(InputError, match="cannot score given continuations.*run the model locally"):
+        client.sequence_logprob(sample_conversations(1), ["10]"])
+    with pytest.raises(InputError, match="cannot take a prompt written out as a string"):
+        client.generate(["<|im_start|>user\nhi<|im_end|>\n"])
+    templated = OpenAICompatibleModel(server.url, max_retries=0, chat_template_options={"enable_thinking": False})
+    templated.generate(sample_conversations(1), max_new_tokens=1)
+    assert server.last_body["chat_template_kwargs"] == {"enable_thinking": False}
 
 
 def test_usage_counts_requests_and_tokens(client: OpenAICompatibleModel, server: TinyQwenServer) -> None:
