@@ -397,12 +397,22 @@ def evaluate(
         help="Also write what was scored as TREC files into this folder: qrels.txt and one <stage>.run "
              "per stage (per protocol for Revisited Oxford/Paris), for trec_eval -c, ranx or ir-measures.",
         show_default=False)] = None,
+    run: Annotated[Optional[Path], typer.Option(
+        "--run", help="Rerank a TREC run computed elsewhere ('qid Q0 docid rank score tag', e.g. BM25) instead "
+                      "of searching the index: each query's first stage is the run's ranking of its id (doc ids "
+                      "are the dataset's item ids), as deep as the pipeline's retriever; the pipeline's "
+                      "rerankers follow.", show_default=False)] = None,
     mllm: MLLMOption = None,
     mllm_url: MLLMUrlOption = None,
     trust_remote_code: TrustOption = False,
     device: DeviceOption = "auto",
 ) -> None:
-    """Evaluate a pipeline on a dataset: metrics and latency after every stage."""
+    """Evaluate a pipeline on a dataset: metrics and latency after every stage.
+
+    With --run, the first stage is a run file's ranking (stage run:<file name>) and only the
+    pipeline's rerankers run; doc ids the dataset lacks and queries the run does not rank are
+    counted on stderr, never fatal.
+    """
     import tempfile
 
     from mmrank.collection import Collection
@@ -416,6 +426,7 @@ def evaluate(
         ranking_depth,
     )
     from mmrank.indexing import EncoderChoice, ItemEncoder
+    from mmrank.run_stage import RunFirstStage, with_run
 
     _check_output(report, "--report")
     _check_output(save_runs and save_runs / "qrels.txt", "--save-runs")
@@ -423,7 +434,10 @@ def evaluate(
     options = _key_values(option or [])
     if split is not None:
         options["split"] = split
+    first_stage = RunFirstStage.from_file(run) if run is not None else None  # a bad line fails before encoding
     dataset = load_dataset(dataset_format, dataset_root, **options)
+    if first_stage is not None:
+        first_stage.check_queries([query.id for query in dataset.queries])
     if submission is not None and dataset.write_submission is None:
         raise InputError(f"--submission: the dataset {dataset.name} ({dataset_format}) has no test-server "
                          "submission format (cirr and circo have).")
@@ -446,6 +460,8 @@ def evaluate(
             add_dataset_items(collection, dataset, encoder, progress=not as_json, skipped=left_out)
             _echo_problems([], left_out)
             runner = _pipeline(pipeline, collection, mllm, mllm_url, trust_remote_code)
+            if first_stage is not None:
+                runner = with_run(runner, first_stage)
             shown: list = []
 
             def on_batch(ranked) -> None:
@@ -461,6 +477,8 @@ def evaluate(
 
                 write_html_report(shown, report, title=f"mmrank eval: {dataset.name} ({dataset.split}), {runner.name}")
                 typer.echo(f"Report written to {report}", err=as_json)
+    for line in first_stage.warnings() if first_stage is not None else ():
+        typer.echo(f"warning {line}", err=True)
     if collected is not None:
         submission.mkdir(parents=True, exist_ok=True)
         for written in dataset.write_submission(collected.rankings, submission, runner.name):

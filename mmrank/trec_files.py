@@ -121,13 +121,15 @@ class Qrels:
 class Run:
     """A run file as read: ``rankings`` (query id -> doc ids, best first, in trec_eval's order:
     see :func:`read_run`), ``tag`` (the run tag of the last line, the one trec_eval reports), the
-    ``problems`` found and ``lines`` (the ranking lines read)."""
+    ``problems`` found, ``lines`` (the ranking lines read) and ``scores`` (query id -> doc id ->
+    the score of its first line)."""
 
     path: Path
     rankings: dict[str, list[str]]
     tag: str | None
     problems: Problems
     lines: int
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def read_qrels(path: str | Path) -> Qrels:
@@ -202,7 +204,8 @@ def read_run(path: str | Path) -> Run:
     # trec_eval's comp_sim_docno: score descending, then doc id descending.
     rankings = {qid: [docid for _, docid in sorted(((s, d) for d, (s, _) in docs.items()), reverse=True)]
                 for qid, docs in scored.items()}
-    return Run(Path(path), rankings, tag, problems, count)
+    scores = {qid: {docid: score for docid, (score, _) in docs.items()} for qid, docs in scored.items()}
+    return Run(Path(path), rankings, tag, problems, count, scores)
 
 
 def check_run(run: Run, qrels: Qrels) -> Problems:

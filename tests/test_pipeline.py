@@ -132,8 +132,9 @@ def differences(before: dict, after: dict, prefix: str = "") -> dict[str, tuple]
 
 
 def test_every_pipeline_file_is_bundled():
-    assert BUNDLED == ["cir-square", "docqa-colqwen", "docqa-colqwen-ragllava", "docqa-mmr5", "docqa-ragllava",
-                       "docqa-text", "images-clip", "landmarks-superglobal"]
+    assert BUNDLED == ["beir-first", "beir-insertrank", "beir-rebel", "beir-setwise", "cir-square", "docqa-colqwen",
+                       "docqa-colqwen-ragllava", "docqa-mmr5", "docqa-ragllava", "docqa-text", "images-clip",
+                       "landmarks-superglobal"]
 
 
 @pytest.mark.parametrize("name", BUNDLED)

@@ -25,6 +25,10 @@ RERANKERS: dict[str, str | type] = {
     "grid": "mmrank.rerankers.grid:GridReranker",
     "dense-passages": "mmrank.rerankers.passages:DensePassageReranker",
     "cross-encoder": "mmrank.rerankers.cross_encoder:CrossEncoderReranker",
+    "first": "mmrank.rerankers.first:FirstReranker",
+    "insertrank": "mmrank.rerankers.insertrank:InsertRankReranker",
+    "setwise": "mmrank.rerankers.setwise:SetwiseReranker",
+    "rebel": "mmrank.rerankers.rebel:RebelReranker",
 }
 
 

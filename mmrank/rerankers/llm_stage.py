@@ -42,6 +42,20 @@ def first_words(text: str, count: int) -> str:
     return " ".join(text.split()[:count])
 
 
+def merged_text(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The message parts with neighbouring text parts joined and empty ones dropped."""
+    merged: list[dict[str, Any]] = []
+    for part in parts:
+        if part["type"] == "text":
+            if not part["text"]:
+                continue
+            if merged and merged[-1]["type"] == "text":
+                merged[-1] = {"type": "text", "text": merged[-1]["text"] + part["text"]}
+                continue
+        merged.append(part)
+    return merged
+
+
 @dataclasses.dataclass(kw_only=True)
 class LLMReranker(PictureMLLMReranker):
     """A stage that asks a text-only or vision-language chat model about the candidates.
@@ -128,3 +142,12 @@ class PointwiseLLMReranker(LLMReranker):
         scored = sorted((place for place in head if place.score is not None), key=lambda place: -place.score)
         unscored = [place for place in head if place.score is None]
         return ranking.with_stage(self.name, reorder_head(ranking, scored + unscored, self.depth))
+
+
+def showable_head(stage: LLMReranker, model: VisionLanguageModel, ranking: Ranking) -> tuple[list[int], list[int]]:
+    """The positions of the first ``stage.depth`` hits that ``stage`` can show ``model`` (as a
+    picture or as text), and those it cannot (no text, and no picture for this model)."""
+    shown, unshown = [], []
+    for position, hit in enumerate(ranking.hits[:stage.depth]):
+        (shown if stage.shows_picture(model, hit.item) or hit.item.has_text else unshown).append(position)
+    return shown, unshown
