@@ -132,7 +132,8 @@ def differences(before: dict, after: dict, prefix: str = "") -> dict[str, tuple]
 
 
 def test_every_pipeline_file_is_bundled():
-    assert BUNDLED == ["beir-first", "beir-insertrank", "beir-rebel", "beir-setwise", "cir-square", "docqa-colqwen",
+    assert BUNDLED == ["beir-dear", "beir-erank", "beir-first", "beir-insertrank", "beir-prorank",
+                       "beir-qwen3-reranker", "beir-rebel", "beir-setwise", "cir-square", "docqa-colqwen",
                        "docqa-colqwen-ragllava", "docqa-mmr5", "docqa-ragllava", "docqa-text", "images-clip",
                        "landmarks-superglobal"]
 

@@ -29,6 +29,11 @@ RERANKERS: dict[str, str | type] = {
     "insertrank": "mmrank.rerankers.insertrank:InsertRankReranker",
     "setwise": "mmrank.rerankers.setwise:SetwiseReranker",
     "rebel": "mmrank.rerankers.rebel:RebelReranker",
+    "erank": "mmrank.rerankers.erank:ERankReranker",
+    "prorank": "mmrank.rerankers.prorank:ProRankReranker",
+    "qwen3-reranker": "mmrank.rerankers.qwen3_reranker:Qwen3Reranker",
+    "dear": "mmrank.rerankers.dear:DeARReranker",
+    "dear-listwise": "mmrank.rerankers.dear:DeARListwiseReranker",
 }
 
 
