@@ -69,6 +69,7 @@ Choices (each an option):
 from __future__ import annotations
 
 import dataclasses
+from abc import abstractmethod
 import re
 import string
 from collections.abc import Mapping, Sequence
@@ -311,9 +312,9 @@ class RankLLMListwiseReranker(ListwiseLLMReranker):
             raise InputError(f"context_size must be at least 1 (or None: no cap), got {self.context_size}.")
 
     # ------------------------------------------------------------------ prompt
+    @abstractmethod
     def template(self) -> ListwiseTemplate:
         """The prompt this stage sends."""
-        raise NotImplementedError
 
     def body_values(self, hits: Sequence[Hit]) -> list[dict[str, Any]]:
         """Placeholder values of each candidate's line besides ``rank`` and ``candidate`` (none)."""

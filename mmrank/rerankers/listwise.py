@@ -16,6 +16,7 @@ rest in order; both are noted on the window's hits (``window k: ...``).
 from __future__ import annotations
 
 import dataclasses
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -134,10 +135,10 @@ class ListwiseLLMReranker(LLMReranker):
         """The windows over a ranking of ``count`` hits (only the first ``depth`` are reranked)."""
         return window_schedule(min(count, self.depth), self.window, self.stride)
 
+    @abstractmethod
     def rank_windows(self, model: VisionLanguageModel, windows: Sequence[tuple[str, Sequence[Hit]]]
                      ) -> list[ParsedRanking]:
         """For each (question, hits) window, the model's order of its hits (one call, batched)."""
-        raise NotImplementedError
 
     def rerank_batch(self, queries: Sequence[Query], rankings: Sequence[Ranking],
                      collection: Collection) -> list[Ranking]:

@@ -11,6 +11,7 @@ vision tower and as a text-only causal LM otherwise; ``url`` asks an OpenAI-comp
 from __future__ import annotations
 
 import dataclasses
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -110,10 +111,10 @@ class PointwiseLLMReranker(LLMReranker):
         super().__post_init__()
         at_least_one("batch_size", self.batch_size)
 
+    @abstractmethod
     def score_candidates(self, model: VisionLanguageModel, questions: Sequence[str],
                          hits: Sequence[Hit]) -> list[tuple[float | None, str | None]]:
         """(score, note) of each hit for its question; a None score keeps the hit unscored."""
-        raise NotImplementedError
 
     def rerank_batch(self, queries: Sequence[Query], rankings: Sequence[Ranking],
                      collection: Collection) -> list[Ranking]:
@@ -121,12 +122,8 @@ class PointwiseLLMReranker(LLMReranker):
         verdicts: list[dict[int, HeadPlace]] = [{} for _ in rankings]
         if calls.model is not None:
             questions = [self.question(query) for query in queries]
-            jobs = [(row, position, hit) for row, ranking in enumerate(rankings)
-                    for position, hit in enumerate(ranking.hits[:self.depth])]
-            size = self.batch_size or max(1, len(jobs))
-            for begin in range(0, len(jobs), size):
-                batch = [job for job in jobs[begin:begin + size] if job[0] not in calls.lost]
-                calls.ask({row for row, _, _ in batch}, self._score, questions, batch, verdicts)
+            calls.ask_heads(self.depth, self.batch_size,
+                            lambda model, batch: self._score(model, questions, batch, verdicts))
         return calls.results(lambda row: self._apply(rankings[row], verdicts[row]))
 
     def _score(self, model: VisionLanguageModel, questions: list[str], jobs: list[tuple[int, int, Hit]],

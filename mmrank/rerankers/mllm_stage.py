@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from PIL import Image as PILImage
 
     from mmrank.mllm import VisionLanguageModel
-    from mmrank.types import Item, Query, Ranking
+    from mmrank.types import Hit, Item, Query, Ranking
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -117,6 +117,20 @@ class ModelCalls:
                 self.lost.setdefault(row, reason)
             return False
         return True
+
+    def ask_heads(self, depth: int, batch_size: int | None,
+                  call: Callable[[VisionLanguageModel, list[tuple[int, int, Hit]]], Any]) -> None:
+        """``call(model, jobs)`` over the top ``depth`` hits of every ranking as (row, position, hit)
+        jobs, ``batch_size`` jobs per call (None: all in one), leaving out the jobs of rankings
+        already lost (through :meth:`ask`, so a failing call loses its rankings)."""
+        if self.model is None:
+            return
+        jobs = [(row, position, hit) for row, ranking in enumerate(self.rankings)
+                for position, hit in enumerate(ranking.hits[:depth])]
+        size = batch_size or max(1, len(jobs))
+        for begin in range(0, len(jobs), size):
+            batch = [job for job in jobs[begin:begin + size] if job[0] not in self.lost]
+            self.ask({row for row, _, _ in batch}, call, batch)
 
     def results(self, result: Callable[[int], Ranking]) -> list[Ranking]:
         """``result(row)`` for every ranking not lost; the incoming order, noted, for the others."""

@@ -126,12 +126,8 @@ class PointwiseReranker(PictureMLLMReranker):
         verdicts: list[dict[int, HeadPlace]] = [{} for _ in rankings]
         if calls.model is not None:
             questions = [self.question(query) for query in queries]
-            jobs = [(row, position, hit) for row, ranking in enumerate(rankings)
-                    for position, hit in enumerate(ranking.hits[:self.depth])]
-            size = self.batch_size or max(1, len(jobs))
-            for begin in range(0, len(jobs), size):
-                batch = [job for job in jobs[begin:begin + size] if job[0] not in calls.lost]
-                calls.ask({row for row, _, _ in batch}, self._score, questions, batch, verdicts)
+            calls.ask_heads(self.depth, self.batch_size,
+                            lambda model, batch: self._score(model, questions, batch, verdicts))
         return calls.results(lambda row: self._apply(rankings[row], verdicts[row]))
 
     def _score(self, model: VisionLanguageModel, questions: list[str], jobs: list[tuple[int, int, Hit]],
